@@ -1,0 +1,81 @@
+"""The FastAPI application: routers, error mapping, and the lifespan that wires everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.context import Context
+from gateway.fhirhttp import error_response, outcome_response
+from gateway.observability import Metrics, RequestLog
+from gateway.routers import auth, fhir, health, pages
+from gateway.settings import Settings
+from records.errors import FhirError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
+    """Build the app; the context (database, keys) is made in the lifespan unless given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = ctx is None
+        app.state.ctx = ctx or Context.build(settings)
+        log.info("gateway ready", extra={"http_port": settings.http_port})
+        # Later issues start the MLLP listener, the DICOM SCP and the delivery workers here.
+        try:
+            yield
+        finally:
+            if own:
+                app.state.ctx.close()
+            log.info("gateway stopped")
+
+    app = FastAPI(
+        title="Yilian gateway (医联)",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.add_middleware(RequestLog, metrics=metrics)
+
+    @app.exception_handler(FhirError)
+    async def _fhir_error(_request: Request, exc: FhirError):  # type: ignore[no-untyped-def]
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        where = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()[:5])
+        return outcome_response(400, "invalid", f"bad request: {where}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):  # type: ignore[no-untyped-def]
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return outcome_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return outcome_response(500, "exception", "internal error; the operator's log has details")
+
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    def _metrics() -> str:
+        return metrics.render()
+
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(fhir.router)
+    app.include_router(pages.router)
+    return app
+
+
+__all__ = ["create_app", "HTMLResponse"]

@@ -1,0 +1,194 @@
+"""The `yilian` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from gateway.settings import Settings, load_settings
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _context(config: Path | None):  # type: ignore[no-untyped-def]
+    from gateway.context import Context
+
+    return Context.build(_settings(config))
+
+
+config_option = click.option(
+    "--config", "config", type=click.Path(path_type=Path), default=None,
+    help="TOML settings file; YILIAN_* environment variables win over it.",
+)
+
+
+@click.group()
+def main() -> None:
+    """Yilian (医联): the county medical consortium gateway."""
+
+
+@main.command()
+@config_option
+def serve(config: Path | None) -> None:
+    """Start everything in one process: HTTP (and, as they are added, MLLP, DICOM, workers)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.observability import configure_logging
+
+    settings = _settings(config)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()  # uvicorn stops cleanly on SIGTERM and SIGINT
+    if server.started is False:
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+def demo(config: Path | None) -> None:
+    """Load the demo consortium (safe to run again, before or after `yilian serve`)."""
+    from gateway import demo as demo_data
+
+    ctx = _context(config)
+    try:
+        loaded = demo_data.load(ctx)
+    finally:
+        ctx.close()
+    click.echo(f"Demo consortium loaded into {ctx.settings.data_dir.resolve()}")
+    click.echo(f"Every demo user's password: {demo_data.DEMO_PASSWORD}")
+    for user in loaded:
+        extra = f" patient={user.patient_id}" if user.patient_id else ""
+        click.echo(f"  {user.username:<16} {user.role.value:<16} {user.organization}{extra}")
+
+
+@main.group()
+def users() -> None:
+    """Manage users and system clients."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", required=True,
+              type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin"]))
+@click.option("--org", "organization", required=True, help="Organization id the user belongs to")
+@click.option("--patient", "patient_id", default=None, help="a resident's own Patient id")
+@click.option("--practitioner", "practitioner_id", default=None, help="a clinician's Practitioner id")
+@click.option("--display", default=None)
+@click.option("--client", is_flag=True, help="a system client (client_credentials grant)")
+@click.option("--password", default=None,
+              help="the password or client secret; generated and printed when left out")
+@config_option
+def users_add(username, role, organization, patient_id, practitioner_id, display, client,  # type: ignore[no-untyped-def]
+              password, config) -> None:
+    """Add a user (or, with --client, a system client)."""
+    from records import users as user_store
+    from records.errors import FhirError
+    from security.passwords import new_secret
+    from security.principal import Role
+
+    ctx = _context(config)
+    secret = password or new_secret()
+    try:
+        with ctx.engine.begin() as conn:
+            user_store.add(conn, username, secret, Role(role), organization,
+                           kind="client" if client else "person", patient_id=patient_id,
+                           practitioner_id=practitioner_id, display=display)
+    except FhirError as exc:
+        raise click.ClickException(exc.diagnostics) from None
+    finally:
+        ctx.close()
+    click.echo(f"added {'client' if client else 'user'} {username} ({role}, {organization})")
+    if password is None:
+        click.echo(f"{'client secret' if client else 'password'}: {secret}")
+
+
+@users.command("list")
+@config_option
+def users_list(config: Path | None) -> None:
+    """List users."""
+    from records import users as user_store
+
+    ctx = _context(config)
+    with ctx.engine.begin() as conn:
+        found = user_store.all_users(conn)
+    ctx.close()
+    for user in found:
+        click.echo(f"{user.username:<20} {user.kind:<7} {user.role.value:<16} {user.organization}")
+
+
+@main.command()
+@click.option("--user", "username", required=True)
+@config_option
+def token(username: str, config: Path | None) -> None:
+    """Print a bearer token for USER (an operator tool; the login is audited)."""
+    from records import users as user_store
+    from records.audit_log import Event
+
+    ctx = _context(config)
+    try:
+        with ctx.engine.begin() as conn:
+            user = user_store.get(conn, username)
+        if user is None or not user.active:
+            raise click.ClickException(f"no active user named {username}")
+        principal = user.principal("cli")
+        ctx.records.audit(principal, Event("login", (), (), "success", "yilian token"))
+        click.echo(ctx.tokens.issue(principal))
+    finally:
+        ctx.close()
+
+
+@main.group()
+def audit() -> None:
+    """The audit chain."""
+
+
+@audit.command("verify")
+@config_option
+def audit_verify(config: Path | None) -> None:
+    """Check the hash chain; exit 1 and name the first bad record if it is broken."""
+    from records import audit_log
+
+    ctx = _context(config)
+    try:
+        with ctx.engine.connect() as conn:
+            count, broken = audit_log.verify(conn)
+    finally:
+        ctx.close()
+    if broken is not None:
+        click.echo(f"audit chain BROKEN at record {broken.seq}: {broken.reason}", err=True)
+        click.echo(f"({count} records read)", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain intact: {count} records")
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config: Path | None) -> None:
+    """Apply pending migrations (serve and every command do this on start)."""
+    ctx = _context(config)
+    ctx.close()
+    click.echo("schema is current")
+
+
+if __name__ == "__main__":
+    main()

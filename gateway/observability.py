@@ -1,0 +1,115 @@
+"""Structured logs and request metrics. Neither ever holds patient data.
+
+Request lines name the route template (``/fhir/{rtype}/{rid}``), never the concrete path or the
+query string: both can carry names and identity numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("yilian.http")
+
+_STANDARD = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # it logs full URLs
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.seconds: Counter[tuple[str, str]] = Counter()
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(method, route, status)] += 1
+            self.seconds[(method, route)] += seconds
+
+    def render(self) -> str:
+        lines = [
+            "# HELP yilian_http_requests_total HTTP requests by method, route template and status.",
+            "# TYPE yilian_http_requests_total counter",
+        ]
+        with self._lock:
+            for (method, route, status), n in sorted(self.requests.items()):
+                lines.append(
+                    f'yilian_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}'
+                )
+            lines += [
+                "# HELP yilian_http_request_seconds_total Time spent answering, by route template.",
+                "# TYPE yilian_http_request_seconds_total counter",
+            ]
+            for (method, route), total in sorted(self.seconds.items()):
+                lines.append(
+                    f'yilian_http_request_seconds_total{{method="{method}",route="{route}"}} {total:.6f}'
+                )
+        return "\n".join(lines) + "\n"
+
+
+class RequestLog:
+    """ASGI middleware: one log line and one metric per request, by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        request_id = uuid.uuid4().hex[:16]
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            self.metrics.observe(scope["method"], route, status, elapsed)
+            log.info(
+                "request",
+                extra={"method": scope["method"], "route": route, "status": status,
+                       "ms": round(elapsed * 1000, 2), "request_id": request_id},
+            )

@@ -1,0 +1,88 @@
+"""One validated settings object: YILIAN_* environment variables over an optional TOML file.
+
+Precedence (highest first): environment variables, the TOML file given with
+``yilian serve --config FILE`` (or ``YILIAN_CONFIG``), then the defaults below, which are
+the ones DESIGN.md promises. See ``deploy/yilian.example.toml`` for a commented file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YILIAN_", extra="forbid")
+
+    data_dir: Path = Field(default=Path("./var"), description="all local state lives here")
+    database_url: str = Field(default="", description="empty: SQLite file in the data dir")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    dicom_ae: str = Field(default="YILIAN", min_length=1, max_length=16)
+    token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    token_issuer: str = "yilian"
+    log_level: str = "INFO"
+    sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    page_size_default: int = Field(default=20, ge=1, le=1000)
+    page_size_max: int = Field(default=500, ge=1, le=10000)
+
+    @field_validator("dicom_ae")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not value.isascii() or "\\" in value or value != value.strip():
+            raise ValueError("AE title must be up to 16 ASCII characters without backslash")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'yilian.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("YILIAN_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; a missing config file is an error that names the file."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SystemExit(f"yilian: config file {path} does not exist")
+        os.environ["YILIAN_CONFIG"] = str(path)
+    return Settings(**overrides)

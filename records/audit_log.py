@@ -1,0 +1,175 @@
+"""Storage of the audit chain (the rule itself is ``security.audit``) and its FHIR view.
+
+``append`` runs inside the caller's unit of work, so an audit record commits with the change it
+describes or not at all. Appenders take the single ``audit_head`` row ``FOR UPDATE``: on
+PostgreSQL concurrent transactions queue there for the short moment before commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from records import fhirdates
+from records.schema import audit_head, audit_record
+from security.audit import AuditEntry, ChainBreak, chain_hash, verify_chain
+from security.principal import Principal
+
+
+@dataclass(frozen=True)
+class Event:
+    """What happened, as the records boundary reports it."""
+
+    action: str  # read, vread, search, create, update, delete, history, login, operation name
+    resources: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    outcome: str = "success"  # success | refused | failed
+    detail: str | None = None
+
+
+def append(conn: Connection, who: Principal, event: Event) -> int:
+    """Write one record per patient touched (one with no patient if none); return the last seq."""
+    head = conn.execute(
+        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+    ).one()
+    seq, prev = head.seq, head.hash
+    recorded = fhirdates.now()
+    rows = []
+    for patient in event.patients or (None,):
+        seq += 1
+        entry = AuditEntry(
+            seq=seq,
+            recorded=recorded,
+            actor=who.username,
+            role=who.role.value,
+            organization=who.organization,
+            action=event.action,
+            resources=tuple(event.resources[:200]),
+            patient=patient,
+            outcome=event.outcome,
+            detail=(event.detail or None) and event.detail[:500],
+            source=who.source,
+        )
+        digest = chain_hash(prev, entry)
+        rows.append(_row(entry, prev, digest))
+        prev = digest
+    conn.execute(insert(audit_record), rows)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    return seq
+
+
+def _row(entry: AuditEntry, prev: str, digest: str) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "recorded": entry.recorded,
+        "actor": entry.actor,
+        "role": entry.role,
+        "organization": entry.organization,
+        "action": entry.action,
+        "resources": json.dumps(list(entry.resources)),
+        "patient": entry.patient,
+        "outcome": entry.outcome,
+        "detail": entry.detail,
+        "source": entry.source,
+        "prev_hash": prev,
+        "hash": digest,
+    }
+
+
+def _entry(row: Any) -> AuditEntry:
+    return AuditEntry(
+        seq=row.seq,
+        recorded=fhirdates.as_utc(row.recorded),
+        actor=row.actor,
+        role=row.role,
+        organization=row.organization,
+        action=row.action,
+        resources=tuple(json.loads(row.resources)),
+        patient=row.patient,
+        outcome=row.outcome,
+        detail=row.detail,
+        source=row.source,
+    )
+
+
+def verify(conn: Connection) -> tuple[int, ChainBreak | None]:
+    """(number of records checked, first break or None)."""
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash)).first()
+    count = 0
+
+    def rows() -> Iterator[tuple[AuditEntry, str, str]]:
+        nonlocal count
+        result = conn.execution_options(yield_per=2000).execute(
+            select(audit_record).order_by(audit_record.c.seq)
+        )
+        for row in result:
+            count += 1
+            yield _entry(row), row.prev_hash, row.hash
+
+    broken = verify_chain(rows(), (head.seq, head.hash) if head else None)
+    return count, broken
+
+
+# -- the FHIR view -------------------------------------------------------------------------------
+
+_ACTION_CODE = {"create": "C", "read": "R", "vread": "R", "update": "U", "delete": "D"}
+_OUTCOME_CODE = {"success": "0", "refused": "4", "failed": "8"}
+
+
+def as_audit_event(row: Any) -> dict[str, Any]:
+    entry = _entry(row)
+    login = entry.action == "login"
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(entry.seq),
+        "meta": {"versionId": "1", "lastUpdated": fhirdates.instant(entry.recorded)},
+        "type": (
+            {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114",
+             "display": "User Authentication"}
+            if login
+            else {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                  "code": "rest", "display": "RESTful Operation"}
+        ),
+        "subtype": [
+            {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122",
+             "display": "Login"}
+            if login
+            else {"system": "http://hl7.org/fhir/restful-interaction", "code": entry.action}
+        ],
+        "action": _ACTION_CODE.get(entry.action, "E"),
+        "recorded": fhirdates.instant(entry.recorded),
+        "outcome": _OUTCOME_CODE.get(entry.outcome, "8"),
+        "agent": [
+            {
+                "type": {"text": entry.role},
+                "who": {"identifier": {"system": "urn:yilian:user", "value": entry.actor},
+                        "display": entry.actor},
+                "requestor": True,
+                **({"network": {"address": entry.source[:100], "type": "2"}}
+                   if entry.source else {}),
+            }
+        ],
+        "source": {"site": "yilian", "observer": {"display": "Yilian gateway"}},
+    }
+    if entry.detail:
+        event["outcomeDesc"] = entry.detail
+    if entry.organization:
+        event["agent"].append(
+            {"type": {"text": "organization"},
+             "who": {"reference": f"Organization/{entry.organization}"}, "requestor": False}
+        )
+    entities = [{"what": {"reference": ref}} for ref in entry.resources if "/" in ref]
+    if entry.patient:
+        entities.insert(
+            0,
+            {"what": {"reference": f"Patient/{entry.patient}"},
+             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                      "code": "1", "display": "Person"}},
+        )
+    if entities:
+        event["entity"] = entities
+    return event

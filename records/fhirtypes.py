@@ -1,0 +1,104 @@
+"""The resource types the record holds, and their validation with fhir.resources R4B models.
+
+What is stored is the JSON the client sent (after validation) plus the server-owned ``id`` and
+``meta``: round-tripping through the models would reformat decimals and dates, and Chinese
+text must come back byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from records.errors import Invalid, Unprocessable
+
+STORED_TYPES = frozenset(
+    {
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "Location",
+        "Endpoint",
+        "HealthcareService",
+        "Encounter",
+        "Observation",
+        "DiagnosticReport",
+        "ServiceRequest",
+        "Task",
+        "ImagingStudy",
+        "DocumentReference",
+        "Appointment",
+        "Coverage",
+        "Claim",
+        "ClaimResponse",
+        "ExplanationOfBenefit",
+        "Consent",
+        "Provenance",
+        "Binary",
+    }
+)
+READ_ONLY_TYPES = frozenset({"AuditEvent"})  # generated from the audit chain
+ALL_TYPES = STORED_TYPES | READ_ONLY_TYPES
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@cache
+def model(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def check_type(resource_type: str) -> None:
+    if resource_type not in ALL_TYPES:
+        raise Invalid(
+            f"resource type '{resource_type}' is not supported here; see /fhir/metadata",
+            expression=[resource_type],
+        )
+
+
+def check_id(resource_id: str) -> None:
+    if not ID_PATTERN.match(resource_id):
+        raise Invalid(
+            f"'{resource_id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)",
+            expression=["id"],
+        )
+
+
+def validate(resource_type: str, body: Any) -> dict[str, Any]:
+    """Check structure and datatypes; return the body unchanged when it is valid."""
+    if not isinstance(body, dict):
+        raise Invalid("the request body must be a JSON object holding one FHIR resource")
+    found = body.get("resourceType")
+    if found != resource_type:
+        raise Invalid(
+            f"resourceType is '{found}' but the URL names '{resource_type}'",
+            expression=["resourceType"],
+        )
+    try:
+        model(resource_type).model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        expressions = []
+        for error in exc.errors()[:10]:
+            path = _fhirpath(resource_type, error["loc"])
+            expressions.append(path)
+            problems.append(f"{path}: {error['msg']}")
+        raise Unprocessable("; ".join(problems), expression=expressions) from None
+    except (ValueError, TypeError) as exc:
+        raise Unprocessable(f"{resource_type}: {exc}") from None
+    return body
+
+
+def _fhirpath(resource_type: str, loc: tuple[Any, ...]) -> str:
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "__root__":
+            out += f".{part}"
+    return out

@@ -1,0 +1,159 @@
+"""The database schema of the resident record. Alembic migrations in ``migrations/`` create it.
+
+Tables:
+- ``resource``: the current version of every FHIR resource, with the patient whose compartment
+  it belongs to (``patient_id``) and, for a Patient, the managing organization (``org_id``);
+  both drive the access rules.
+- ``resource_version``: every version ever written (history, vread); never updated.
+- ``search_*``: the search index, rebuilt for a resource whenever it is written.
+- ``audit_record`` / ``audit_head``: the append-only, hash-chained audit log.
+- ``app_user``: people and system clients who may get a token.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+TYPE = 64  # FHIR resource type names are short
+ID = 64  # FHIR ids are at most 64 characters
+
+resource = Table(
+    "resource",
+    metadata,
+    Column("res_type", String(TYPE), primary_key=True),
+    Column("res_id", String(ID), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("patient_id", String(ID), nullable=True),
+    Column("org_id", String(ID), nullable=True),
+    Column("content", Text, nullable=True),
+)
+Index("ix_resource_patient", resource.c.patient_id)
+Index("ix_resource_type_updated", resource.c.res_type, resource.c.last_updated)
+Index("ix_resource_org", resource.c.res_type, resource.c.org_id)
+
+resource_version = Table(
+    "resource_version",
+    metadata,
+    Column("res_type", String(TYPE), primary_key=True),
+    Column("res_id", String(ID), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", Text, nullable=True),
+)
+Index("ix_resource_version_updated", resource_version.c.last_updated)
+
+search_token = Table(
+    "search_token",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("res_type", String(TYPE), nullable=False),
+    Column("res_id", String(ID), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+)
+Index("ix_search_token_lookup", search_token.c.res_type, search_token.c.param, search_token.c.code)
+Index("ix_search_token_owner", search_token.c.res_type, search_token.c.res_id)
+
+search_string = Table(
+    "search_string",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("res_type", String(TYPE), nullable=False),
+    Column("res_id", String(ID), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("value", String(255), nullable=False),  # normalised (case-folded) for matching
+    Column("raw", String(255), nullable=False),  # as written, for :exact
+)
+Index("ix_search_string_lookup", search_string.c.res_type, search_string.c.param, search_string.c.value)
+Index("ix_search_string_owner", search_string.c.res_type, search_string.c.res_id)
+
+search_date = Table(
+    "search_date",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("res_type", String(TYPE), nullable=False),
+    Column("res_id", String(ID), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("low", DateTime(timezone=True), nullable=False),
+    Column("high", DateTime(timezone=True), nullable=False),
+)
+Index("ix_search_date_lookup", search_date.c.res_type, search_date.c.param, search_date.c.low)
+Index("ix_search_date_owner", search_date.c.res_type, search_date.c.res_id)
+
+search_reference = Table(
+    "search_reference",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("res_type", String(TYPE), nullable=False),
+    Column("res_id", String(ID), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("target_type", String(TYPE), nullable=True),
+    Column("target_id", String(255), nullable=False),
+)
+Index(
+    "ix_search_reference_target",
+    search_reference.c.target_id,
+    search_reference.c.target_type,
+    search_reference.c.param,
+)
+Index("ix_search_reference_owner", search_reference.c.res_type, search_reference.c.res_id)
+
+audit_record = Table(
+    "audit_record",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("organization", String(ID), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("resources", Text, nullable=False),  # JSON list of "Type/id"
+    Column("patient", String(ID), nullable=True),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=True),  # reason for a failure; never patient data
+    Column("source", String(128), nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_patient", audit_record.c.patient)
+Index("ix_audit_recorded", audit_record.c.recorded)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+app_user = Table(
+    "app_user",
+    metadata,
+    Column("username", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False, default="person"),  # person | client
+    Column("role", String(32), nullable=False),
+    Column("organization", String(ID), nullable=False),
+    Column("patient_id", String(ID), nullable=True),
+    Column("practitioner_id", String(ID), nullable=True),
+    Column("display", String(255), nullable=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,117 @@
+"""Shared fixtures. The suite runs on SQLite by default and on PostgreSQL when
+YILIAN_TEST_DATABASE_URL names a server (a database is created for the run and dropped after).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, insert, text
+from sqlalchemy.engine import make_url
+
+from gateway.app import create_app
+from gateway.context import Context
+from gateway.settings import Settings
+from records import schema
+from security.principal import Principal
+from tests.fhir_schema import assert_r4
+
+PG_ENV = "YILIAN_TEST_DATABASE_URL"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = os.environ.get(PG_ENV)
+    if not server:
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'yilian-test.db'}"
+        return
+    name = f"yilian_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\''))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, database_url=database_url)
+
+
+@pytest.fixture(scope="session")
+def _context(settings: Settings) -> Iterator[Context]:
+    ctx = Context.build(settings)
+    yield ctx
+    ctx.close()
+
+
+def reset(ctx: Context) -> None:
+    """Empty every table and restart the audit chain, so each test starts clean."""
+    with ctx.engine.begin() as conn:
+        for table in reversed(schema.metadata.sorted_tables):
+            conn.execute(delete(table))
+        conn.execute(insert(schema.audit_head).values(id=1, seq=0, hash="0" * 64))
+
+
+@pytest.fixture
+def ctx(_context: Context) -> Context:
+    reset(_context)
+    return _context
+
+
+class FhirClient(TestClient):
+    """A TestClient that checks every FHIR JSON response against the official R4 schema."""
+
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        response = super().request(*args, **kwargs)
+        if response.headers.get("content-type", "").startswith("application/fhir+json"):
+            assert_r4(response.json())
+        return response
+
+
+@pytest.fixture
+def client(ctx: Context, settings: Settings) -> Iterator[FhirClient]:
+    app = create_app(settings, ctx)
+    with FhirClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def demo(ctx: Context) -> Context:
+    from gateway import demo as demo_data
+
+    demo_data.load(ctx)
+    return ctx
+
+
+def bearer(ctx: Context, principal: Principal) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ctx.tokens.issue(principal)}"}
+
+
+@pytest.fixture
+def as_user(demo: Context):  # type: ignore[no-untyped-def]
+    """as_user('doctor.xingfu') -> Authorization headers for that demo user."""
+    from records import users
+
+    def headers(username: str) -> dict[str, str]:
+        with demo.engine.begin() as conn:
+            user = users.get(conn, username)
+        assert user is not None, username
+        return bearer(demo, user.principal())
+
+    return headers
