@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -43,7 +46,21 @@ def serve(config: Path | None) -> None:
     settings = _settings(config)
     configure_logging(settings.log_level)
     app = create_app(settings)
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        """SIGTERM/SIGINT: finish in-flight requests, run the lifespan shutdown, exit 0.
+        (uvicorn would re-raise the signal afterwards, ending with status -15.)"""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+
+    server = Server(
         uvicorn.Config(
             app,
             host=settings.http_host,
@@ -53,9 +70,9 @@ def serve(config: Path | None) -> None:
             timeout_graceful_shutdown=10,
         )
     )
-    server.run()  # uvicorn stops cleanly on SIGTERM and SIGINT
-    if server.started is False:
-        sys.exit(1)
+    server.run()
+    if not server.started:
+        sys.exit(1)  # could not start (port taken, database unreachable): uvicorn logged why
 
 
 @main.command()
@@ -73,7 +90,8 @@ def demo(config: Path | None) -> None:
     click.echo(f"Every demo user's password: {demo_data.DEMO_PASSWORD}")
     for user in loaded:
         extra = f" patient={user.patient_id}" if user.patient_id else ""
-        click.echo(f"  {user.username:<16} {user.role.value:<16} {user.organization}{extra}")
+        org_ref = f"Organization/{demo_data.org(user.organization)}"
+        click.echo(f"  {user.username:<16} {user.role.value:<16} {org_ref}{extra}")
 
 
 @main.group()
@@ -85,7 +103,8 @@ def users() -> None:
 @click.argument("username")
 @click.option("--role", required=True,
               type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin"]))
-@click.option("--org", "organization", required=True, help="Organization id the user belongs to")
+@click.option("--org", "organization", required=True,
+              help="the user's Organization: its code (XINGFU_THC) or FHIR id (XINGFU-THC)")
 @click.option("--patient", "patient_id", default=None, help="a resident's own Patient id")
 @click.option("--practitioner", "practitioner_id", default=None, help="a clinician's Practitioner id")
 @click.option("--display", default=None)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from gateway.context import Context
 from records import store, users
 from records.audit_log import Event
+from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.identity import MEDICAL_INSURANCE_SYSTEM, RESIDENT_ID_SYSTEM, check_character
 from security.principal import SYSTEM, Role
 
@@ -69,6 +70,11 @@ RESIDENTS = [
 ]
 
 
+def org(code: str) -> str:
+    """The FHIR id of a consortium member named by its code (FHIR ids allow no '_')."""
+    return organization_id(code)
+
+
 def resident_id(area: str, birth: str, sequence: str) -> str:
     first17 = area + birth.replace("-", "") + sequence
     return first17 + check_character(first17)
@@ -77,14 +83,14 @@ def resident_id(area: str, birth: str, sequence: str) -> str:
 def _organization(oid: str, zh: str, en: str, kind: str, part_of: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Organization",
-        "identifier": [{"system": "urn:yilian:org", "value": oid}],
+        "identifier": [{"system": ORG_CODE_SYSTEM, "value": oid}],
         "active": True,
         "type": [{"coding": [{"system": ORG_TYPE, "code": kind}]}],
         "name": zh,
         "alias": [en],
     }
     if part_of:
-        body["partOf"] = {"reference": f"Organization/{part_of}"}
+        body["partOf"] = {"reference": f"Organization/{org(part_of)}"}
     return body
 
 
@@ -103,7 +109,7 @@ def _patient(row: tuple[str, ...]) -> dict[str, Any]:
             {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
                                   "code": "MR"}]},
              "system": f"urn:yilian:mrn:{clinic}", "value": f"{clinic[:2]}{seq}{birth[2:4]}",
-             "assigner": {"reference": f"Organization/{clinic}"}},
+             "assigner": {"reference": f"Organization/{org(clinic)}"}},
         ],
         "active": True,
         "name": [{"use": "official", "text": family + given, "family": family, "given": [given]}],
@@ -112,7 +118,7 @@ def _patient(row: tuple[str, ...]) -> dict[str, Any]:
         "birthDate": birth,
         "address": [{"text": address, "line": [address], "district": "幸福县", "city": "示范市",
                      "state": "示范省", "country": "CN"}],
-        "managingOrganization": {"reference": f"Organization/{clinic}"},
+        "managingOrganization": {"reference": f"Organization/{org(clinic)}"},
     }
 
 
@@ -123,13 +129,13 @@ def _records(pid: str, clinic: str) -> list[tuple[str, str, dict[str, Any]]]:
     return [
         (f"{pid}-cov", "Coverage", {
             "resourceType": "Coverage", "status": "active", "beneficiary": subject,
-            "payor": [{"reference": "Organization/COUNTY_MI"}],
+            "payor": [{"reference": f"Organization/{org('COUNTY_MI')}"}],
             "type": {"text": "城乡居民基本医疗保险"},
         }),
         (f"{pid}-enc1", "Encounter", {
             "resourceType": "Encounter", "status": "finished",
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "subject": subject, "serviceProvider": {"reference": f"Organization/{clinic}"},
+            "subject": subject, "serviceProvider": {"reference": f"Organization/{org(clinic)}"},
             "period": {"start": "2026-10-08T09:00:00+08:00", "end": "2026-10-08T09:20:00+08:00"},
             "reasonCode": [{"text": "高血压随访"}],
         }),
@@ -175,7 +181,7 @@ def load(ctx: Context) -> list[DemoUser]:
     def work(conn: Connection) -> tuple[int, list[Event]]:
         created = 0
         for row in ORGANIZATIONS:
-            created += _put_if_absent(conn, "Organization", row[0], _organization(*row))
+            created += _put_if_absent(conn, "Organization", org(row[0]), _organization(*row))
         created += _put_if_absent(conn, "Practitioner", "doctor-xingfu",
                                   _practitioner("doctor-xingfu", "李", "卫民"))
         created += _put_if_absent(conn, "Practitioner", "specialist-city",

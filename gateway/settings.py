@@ -72,17 +72,24 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("YILIAN_CONFIG")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build settings; a missing config file is an error that names the file."""
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise SystemExit(f"yilian: config file {path} does not exist")
-        os.environ["YILIAN_CONFIG"] = str(path)
-    return Settings(**overrides)
+    """Build settings from the environment over the TOML file (``--config`` or YILIAN_CONFIG).
+
+    A missing config file is an error that names the file.
+    """
+    chosen = config_file or os.environ.get("YILIAN_CONFIG")
+    if not chosen:
+        return Settings(**overrides)
+    path = Path(chosen)
+    if not path.is_file():
+        raise SystemExit(f"yilian: config file {path} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileSettings(**overrides)

@@ -62,14 +62,16 @@ def _transaction(service: RecordService, who: Principal, entries: list[Any]) -> 
     def work(conn: Connection) -> tuple[dict[str, Any], list[Event]]:
         responses: list[dict[str, Any] | None] = [None] * len(entries)
         events: list[Event] = []
+        deferred: list[Any] = []
         for i in order:
             entry = _resolve(entries[i], assigned)
             try:
-                responses[i], event = _entry(service, conn, who, entry, assigned)
+                responses[i], event = _entry(service, conn, who, entry, assigned, deferred)
             except FhirError as exc:
                 exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
                 raise
             events.append(event)
+        service.check_deferred(conn, deferred)
         return _response_bundle("transaction-response", responses), events
 
     return service.run(who, "transaction", work, about=["Bundle"])
@@ -94,7 +96,7 @@ def _batch(service: RecordService, who: Principal, entries: list[Any]) -> dict[s
 
 def _entry(
     service: RecordService, conn: Connection, who: Principal, entry: dict[str, Any],
-    assigned: dict[str, str],
+    assigned: dict[str, str], deferred: list[Any] | None = None,
 ) -> tuple[dict[str, Any], Event]:
     request = entry["request"]
     method = request["method"].upper()
@@ -107,7 +109,8 @@ def _entry(
         if entry.get("fullUrl") in assigned:
             rid = assigned[entry["fullUrl"]].split("/", 1)[1]
         stored, created = service.create_in(
-            conn, who, rtype, body, if_none_exist=request.get("ifNoneExist"), rid=rid
+            conn, who, rtype, body, if_none_exist=request.get("ifNoneExist"), rid=rid,
+            deferred=deferred,
         )
         if not created and entry.get("fullUrl") in assigned:
             assigned[entry["fullUrl"]] = f"{rtype}/{stored.res_id}"
@@ -115,7 +118,7 @@ def _entry(
         return _stored_entry(stored, status), _event("create" if created else "read", stored)
     if method == "PUT" and len(path) == 2:
         stored, created = service.update_in(
-            conn, who, path[0], path[1], body, if_match=request.get("ifMatch")
+            conn, who, path[0], path[1], body, if_match=request.get("ifMatch"), deferred=deferred
         )
         status = "201 Created" if created else "200 OK"
         return _stored_entry(stored, status), _event("create" if created else "update", stored)

@@ -46,6 +46,14 @@ READ_ONLY_TYPES = frozenset({"AuditEvent"})  # generated from the audit chain
 ALL_TYPES = STORED_TYPES | READ_ONLY_TYPES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# Consortium members are named by codes such as XINGFU_THC (the HL7 sending facility); the code
+# is the Organization's identifier in this system and, with '_' made '-', its FHIR id.
+ORG_CODE_SYSTEM = "urn:yilian:org"
+
+
+def organization_id(code: str) -> str:
+    """XINGFU_THC -> XINGFU-THC (FHIR ids allow letters, digits, '-' and '.')."""
+    return code.replace("_", "-")
 
 
 @cache

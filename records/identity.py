@@ -44,8 +44,11 @@ def parse_resident_id(number: str) -> ResidentId:
     text = number.strip().upper()
     if len(text) != 18:
         raise ValueError(f"must have 18 characters, has {len(text)} (身份证号应为18位)")
-    if not text[:17].isdigit() or not (text[17].isdigit() or text[17] == "X"):
-        raise ValueError("must be 17 digits followed by a digit or X (身份证号格式错误)")
+    if not text.isascii() or not text[:17].isdigit() or not (text[17].isdigit() or text[17] == "X"):
+        raise ValueError(
+            "must be 17 ASCII digits followed by a digit or X, no full-width characters "
+            "(身份证号格式错误)"
+        )
     try:
         born = date(int(text[6:10]), int(text[10:12]), int(text[12:14]))
     except ValueError:

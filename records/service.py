@@ -29,6 +29,8 @@ from security.principal import Principal, Role
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Writes of a transaction whose access check waits until every entry is written.
+Deferred = list[tuple[str, str, Scope]]
 
 
 @dataclass
@@ -213,6 +215,7 @@ class RecordService:
         *,
         if_none_exist: str | None = None,
         rid: str | None = None,
+        deferred: Deferred | None = None,
     ) -> tuple[Stored, bool]:
         self._check_writable_type(rtype)
         scope = self.scope(who, rtype, Action.CREATE)
@@ -228,10 +231,7 @@ class RecordService:
         rid = rid or store.new_id()
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "POST")
-        if not self.visible(conn, rtype, rid, scope):
-            raise Forbidden(
-                f"this {rtype} would belong to a patient outside your organization's reach"
-            )
+        self._check_reach(conn, rtype, rid, scope, deferred)
         return stored, True
 
     def update(
@@ -253,6 +253,7 @@ class RecordService:
         body: Any,
         *,
         if_match: str | None = None,
+        deferred: Deferred | None = None,
     ) -> tuple[Stored, bool]:
         self._check_writable_type(rtype)
         fhirtypes.check_id(rid)
@@ -276,11 +277,24 @@ class RecordService:
                 )
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "PUT")
-        if not self.visible(conn, rtype, rid, scope):
+        self._check_reach(conn, rtype, rid, scope, deferred)
+        return stored, not live
+
+    def _check_reach(
+        self, conn: Connection, rtype: str, rid: str, scope: Scope, deferred: Deferred | None
+    ) -> None:
+        """A write must leave the resource within the writer's reach. Inside a transaction the
+        check waits for the end (``check_deferred``): entries may reference each other."""
+        if deferred is not None:
+            deferred.append((rtype, rid, scope))
+        elif not self.visible(conn, rtype, rid, scope):
             raise Forbidden(
                 f"this {rtype} would belong to a patient outside your organization's reach"
             )
-        return stored, not live
+
+    def check_deferred(self, conn: Connection, deferred: Deferred) -> None:
+        for rtype, rid, scope in deferred:
+            self._check_reach(conn, rtype, rid, scope, None)
 
     def delete(self, who: Principal, rtype: str, rid: str) -> Stored | None:
         def work(conn: Connection) -> tuple[Stored | None, list[Event]]:

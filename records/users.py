@@ -8,6 +8,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from records import fhirdates
 from records.errors import Conflict, Invalid
+from records.fhirtypes import check_id, organization_id
 from records.schema import app_user
 from security.passwords import hash_password, verify_password
 from security.principal import Principal, Role
@@ -45,6 +46,8 @@ def add(
     display: str | None = None,
     replace: bool = False,
 ) -> User:
+    organization = organization_id(organization)  # accepts the code (XINGFU_THC) or the id
+    check_id(organization)
     if role not in HUMAN_ROLES:
         raise Invalid(f"role must be one of {', '.join(sorted(HUMAN_ROLES))}")
     if role == Role.RESIDENT and not patient_id:

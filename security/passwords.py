@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -22,14 +23,14 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, stored: str) -> bool:
     try:
         prefix, n, r, p, salt, digest = stored.split("$")
-    except ValueError:
+        if prefix != _PREFIX:
+            return False
+        candidate = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+        return hmac.compare_digest(candidate, _unb64(digest))
+    except (ValueError, binascii.Error):  # a damaged stored hash never matches
         return False
-    if prefix != _PREFIX:
-        return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
-    return hmac.compare_digest(candidate, _unb64(digest))
 
 
 def new_secret() -> str:
@@ -42,4 +43,4 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+    return base64.b64decode(text, validate=True)

@@ -33,7 +33,7 @@ def test_create_read_update_history_vread(client, as_user):
     assert created.headers["location"].endswith(f"/fhir/Patient/{pid}/_history/1")
     assert body["meta"]["versionId"] == "1"
     # the township doctor's clinic becomes the managing organization
-    assert body["managingOrganization"] == {"reference": "Organization/XINGFU_THC"}
+    assert body["managingOrganization"] == {"reference": "Organization/XINGFU-THC"}
 
     read = client.get(f"/fhir/Patient/{pid}", headers=auth)
     assert read.status_code == 200

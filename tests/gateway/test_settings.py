@@ -1,0 +1,56 @@
+"""Settings: DESIGN.md defaults, TOML file, environment over file, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("YILIAN_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_the_ones_design_promises() -> None:
+    settings = Settings()
+    assert settings.data_dir == Path("./var")
+    assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
+    assert settings.mllp_port == 2575
+    assert (settings.dicom_port, settings.dicom_ae) == (11112, "YILIAN")
+    assert settings.resolved_database_url.startswith("sqlite:///")
+    assert settings.resolved_database_url.endswith("/var/yilian.db")
+
+
+def test_environment_wins_over_the_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "yilian.toml"
+    config.write_text('http_port = 9000\nmllp_port = 3000\ndicom_ae = "COUNTY"\n')
+    monkeypatch.setenv("YILIAN_HTTP_PORT", "9100")
+    settings = load_settings(config)
+    assert settings.http_port == 9100  # environment
+    assert settings.mllp_port == 3000  # file
+    assert settings.dicom_ae == "COUNTY"
+
+
+def test_bad_settings_are_refused_with_the_key_named(tmp_path: Path) -> None:
+    config = tmp_path / "yilian.toml"
+    config.write_text("http_prot = 9000\n")
+    with pytest.raises(ValidationError, match="http_prot"):
+        load_settings(config)
+    with pytest.raises(ValidationError, match="dicom_ae"):
+        Settings(dicom_ae="THIS-AE-TITLE-IS-TOO-LONG")
+    with pytest.raises(SystemExit, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_the_example_config_file_loads() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "yilian.example.toml"
+    settings = load_settings(example)
+    assert settings.http_port == 8080 and settings.sqlite_synchronous == "FULL"
