@@ -54,7 +54,9 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
-        where = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()[:5])
+        where = ", ".join(
+            ".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()[:5]
+        )
         return outcome_response(400, "invalid", f"bad request: {where}")
 
     @app.exception_handler(StarletteHTTPException)

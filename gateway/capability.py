@@ -37,18 +37,30 @@ def _resources() -> list[dict[str, Any]]:
             "conditionalDelete": "not-supported",
             "searchParam": sorted(params, key=lambda p: p["name"]),
         }
-        if not read_only and rtype in searchparams.PARAMS and any(
-            p.kind == "reference" for p in searchparams.PARAMS[rtype].values()
+        if (
+            not read_only
+            and rtype in searchparams.PARAMS
+            and any(p.kind == "reference" for p in searchparams.PARAMS[rtype].values())
         ):
             entry["searchInclude"] = [
-                f"{rtype}:{p.name}" for p in searchparams.PARAMS[rtype].values()
+                f"{rtype}:{p.name}"
+                for p in searchparams.PARAMS[rtype].values()
                 if p.kind == "reference"
             ]
         if rtype == "Patient":
             entry["operation"] = [
-                {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
-                {"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"},
-                {"name": "merge", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge"},
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                },
+                {
+                    "name": "match",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                },
+                {
+                    "name": "merge",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge",
+                },
             ]
         out.append(entry)
     return out
@@ -71,13 +83,27 @@ def statement(base: str) -> dict[str, Any]:
                 "security": {
                     "cors": False,
                     "service": [
-                        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                                     "code": "OAuth", "display": "OAuth"}]}
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "OAuth",
+                                    "display": "OAuth",
+                                }
+                            ]
+                        }
                     ],
-                    "description": "OAuth2 bearer tokens from POST /auth/token (password and client_credentials grants)",
+                    "description": (
+                        "OAuth2 bearer tokens from POST /auth/token "
+                        "(password and client_credentials grants)"
+                    ),
                 },
                 "resource": _resources(),
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
                 "searchParam": [
                     {"name": "_count", "type": "number"},
                     {"name": "_sort", "type": "string"},

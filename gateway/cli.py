@@ -24,7 +24,10 @@ def _context(config: Path | None):  # type: ignore[no-untyped-def]
 
 
 config_option = click.option(
-    "--config", "config", type=click.Path(path_type=Path), default=None,
+    "--config",
+    "config",
+    type=click.Path(path_type=Path),
+    default=None,
     help="TOML settings file; YILIAN_* environment variables win over it.",
 )
 
@@ -53,7 +56,9 @@ def serve(config: Path | None) -> None:
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            handlers = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
             try:
                 yield
             finally:
@@ -101,19 +106,40 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("username")
-@click.option("--role", required=True,
-              type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin"]))
-@click.option("--org", "organization", required=True,
-              help="the user's Organization: its code (XINGFU_THC) or FHIR id (XINGFU-THC)")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin"]),
+)
+@click.option(
+    "--org",
+    "organization",
+    required=True,
+    help="the user's Organization: its code (XINGFU_THC) or FHIR id (XINGFU-THC)",
+)
 @click.option("--patient", "patient_id", default=None, help="a resident's own Patient id")
-@click.option("--practitioner", "practitioner_id", default=None, help="a clinician's Practitioner id")
+@click.option(
+    "--practitioner", "practitioner_id", default=None, help="a clinician's Practitioner id"
+)
 @click.option("--display", default=None)
 @click.option("--client", is_flag=True, help="a system client (client_credentials grant)")
-@click.option("--password", default=None,
-              help="the password or client secret; generated and printed when left out")
+@click.option(
+    "--password",
+    default=None,
+    help="the password or client secret; generated and printed when left out",
+)
 @config_option
-def users_add(username, role, organization, patient_id, practitioner_id, display, client,  # type: ignore[no-untyped-def]
-              password, config) -> None:
+def users_add(
+    username,
+    role,
+    organization,
+    patient_id,
+    practitioner_id,
+    display,
+    client,  # type: ignore[no-untyped-def]
+    password,
+    config,
+) -> None:
     """Add a user (or, with --client, a system client)."""
     from records import users as user_store
     from records.errors import FhirError
@@ -124,9 +150,17 @@ def users_add(username, role, organization, patient_id, practitioner_id, display
     secret = password or new_secret()
     try:
         with ctx.engine.begin() as conn:
-            user_store.add(conn, username, secret, Role(role), organization,
-                           kind="client" if client else "person", patient_id=patient_id,
-                           practitioner_id=practitioner_id, display=display)
+            user_store.add(
+                conn,
+                username,
+                secret,
+                Role(role),
+                organization,
+                kind="client" if client else "person",
+                patient_id=patient_id,
+                practitioner_id=practitioner_id,
+                display=display,
+            )
     except FhirError as exc:
         raise click.ClickException(exc.diagnostics) from None
     finally:

@@ -44,29 +44,99 @@ class DemoUser:
 
 USERS = [
     DemoUser("admin", Role.ADMIN, "COUNTY_HOSP", display="系统管理员"),
-    DemoUser("doctor.xingfu", Role.TOWNSHIP_DOCTOR, "XINGFU_THC",
-             practitioner_id="doctor-xingfu", display="李卫民 医生"),
-    DemoUser("specialist.city", Role.SPECIALIST, "CITY_FIRST",
-             practitioner_id="specialist-city", display="张敏 主任医师"),
+    DemoUser(
+        "doctor.xingfu",
+        Role.TOWNSHIP_DOCTOR,
+        "XINGFU_THC",
+        practitioner_id="doctor-xingfu",
+        display="李卫民 医生",
+    ),
+    DemoUser(
+        "specialist.city",
+        Role.SPECIALIST,
+        "CITY_FIRST",
+        practitioner_id="specialist-city",
+        display="张敏 主任医师",
+    ),
     DemoUser("insurer.county", Role.INSURER, "COUNTY_MI", display="县医保局 结算员"),
-    DemoUser("resident.wang", Role.RESIDENT, "XINGFU_THC",
-             patient_id="demo-wang-xiuying", display="王秀英"),
-    DemoUser("resident.zhang", Role.RESIDENT, "HEPING_THC",
-             patient_id="demo-zhang-guilan", display="张桂兰"),
+    DemoUser(
+        "resident.wang",
+        Role.RESIDENT,
+        "XINGFU_THC",
+        patient_id="demo-wang-xiuying",
+        display="王秀英",
+    ),
+    DemoUser(
+        "resident.zhang",
+        Role.RESIDENT,
+        "HEPING_THC",
+        patient_id="demo-zhang-guilan",
+        display="张桂兰",
+    ),
 ]
 
 # (id, family, given, gender, birth date, clinic, area code, sequence, phone, address)
 RESIDENTS = [
-    ("demo-wang-xiuying", "王", "秀英", "female", "1952-03-14", "XINGFU_THC", "411325", "042",
-     "13903770001", "幸福镇幸福村三组12号"),
-    ("demo-li-jianguo", "李", "建国", "male", "1948-11-02", "XINGFU_THC", "411325", "017",
-     "13903770002", "幸福镇柳树湾村5号"),
-    ("demo-chen-xiaoming", "陈", "晓明", "male", "2015-09-30", "XINGFU_THC", "411325", "131",
-     "13903770003", "幸福镇街道南街8号"),
-    ("demo-zhang-guilan", "张", "桂兰", "female", "1960-07-21", "HEPING_THC", "411326", "086",
-     "13903770004", "和平镇东关村二组"),
-    ("demo-liu-qiang", "刘", "强", "male", "1975-05-09", "DONGSHAN_THC", "411327", "053",
-     "13903770005", "东山乡石门村"),
+    (
+        "demo-wang-xiuying",
+        "王",
+        "秀英",
+        "female",
+        "1952-03-14",
+        "XINGFU_THC",
+        "411325",
+        "042",
+        "13903770001",
+        "幸福镇幸福村三组12号",
+    ),
+    (
+        "demo-li-jianguo",
+        "李",
+        "建国",
+        "male",
+        "1948-11-02",
+        "XINGFU_THC",
+        "411325",
+        "017",
+        "13903770002",
+        "幸福镇柳树湾村5号",
+    ),
+    (
+        "demo-chen-xiaoming",
+        "陈",
+        "晓明",
+        "male",
+        "2015-09-30",
+        "XINGFU_THC",
+        "411325",
+        "131",
+        "13903770003",
+        "幸福镇街道南街8号",
+    ),
+    (
+        "demo-zhang-guilan",
+        "张",
+        "桂兰",
+        "female",
+        "1960-07-21",
+        "HEPING_THC",
+        "411326",
+        "086",
+        "13903770004",
+        "和平镇东关村二组",
+    ),
+    (
+        "demo-liu-qiang",
+        "刘",
+        "强",
+        "male",
+        "1975-05-09",
+        "DONGSHAN_THC",
+        "411327",
+        "053",
+        "13903770005",
+        "东山乡石门村",
+    ),
 ]
 
 
@@ -95,8 +165,12 @@ def _organization(oid: str, zh: str, en: str, kind: str, part_of: str | None) ->
 
 
 def _practitioner(pid: str, family: str, given: str) -> dict[str, Any]:
-    return {"resourceType": "Practitioner", "id": pid, "active": True,
-            "name": [{"text": family + given, "family": family, "given": [given]}]}
+    return {
+        "resourceType": "Practitioner",
+        "id": pid,
+        "active": True,
+        "name": [{"text": family + given, "family": family, "given": [given]}],
+    }
 
 
 def _patient(row: tuple[str, ...]) -> dict[str, Any]:
@@ -104,67 +178,162 @@ def _patient(row: tuple[str, ...]) -> dict[str, Any]:
     return {
         "resourceType": "Patient",
         "identifier": [
-            {"use": "official", "system": RESIDENT_ID_SYSTEM, "value": resident_id(area, birth, seq)},
+            {
+                "use": "official",
+                "system": RESIDENT_ID_SYSTEM,
+                "value": resident_id(area, birth, seq),
+            },
             {"system": MEDICAL_INSURANCE_SYSTEM, "value": "MI" + area + seq + birth[:4]},
-            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                                  "code": "MR"}]},
-             "system": f"urn:yilian:mrn:{clinic}", "value": f"{clinic[:2]}{seq}{birth[2:4]}",
-             "assigner": {"reference": f"Organization/{org(clinic)}"}},
+            {
+                "type": {
+                    "coding": [
+                        {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}
+                    ]
+                },
+                "system": f"urn:yilian:mrn:{clinic}",
+                "value": f"{clinic[:2]}{seq}{birth[2:4]}",
+                "assigner": {"reference": f"Organization/{org(clinic)}"},
+            },
         ],
         "active": True,
         "name": [{"use": "official", "text": family + given, "family": family, "given": [given]}],
         "telecom": [{"system": "phone", "value": phone, "use": "mobile"}],
         "gender": gender,
         "birthDate": birth,
-        "address": [{"text": address, "line": [address], "district": "幸福县", "city": "示范市",
-                     "state": "示范省", "country": "CN"}],
+        "address": [
+            {
+                "text": address,
+                "line": [address],
+                "district": "幸福县",
+                "city": "示范市",
+                "state": "示范省",
+                "country": "CN",
+            }
+        ],
         "managingOrganization": {"reference": f"Organization/{org(clinic)}"},
     }
 
 
 def _records(pid: str, clinic: str) -> list[tuple[str, str, dict[str, Any]]]:
     subject = {"reference": f"Patient/{pid}"}
-    vital = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                         "code": "vital-signs"}]}
+    vital = {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "vital-signs",
+            }
+        ]
+    }
     return [
-        (f"{pid}-cov", "Coverage", {
-            "resourceType": "Coverage", "status": "active", "beneficiary": subject,
-            "payor": [{"reference": f"Organization/{org('COUNTY_MI')}"}],
-            "type": {"text": "城乡居民基本医疗保险"},
-        }),
-        (f"{pid}-enc1", "Encounter", {
-            "resourceType": "Encounter", "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-            "subject": subject, "serviceProvider": {"reference": f"Organization/{org(clinic)}"},
-            "period": {"start": "2026-10-08T09:00:00+08:00", "end": "2026-10-08T09:20:00+08:00"},
-            "reasonCode": [{"text": "高血压随访"}],
-        }),
-        (f"{pid}-bp1", "Observation", {
-            "resourceType": "Observation", "status": "final", "category": [vital],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9",
-                                 "display": "Blood pressure panel"}], "text": "血压"},
-            "subject": subject, "encounter": {"reference": f"Encounter/{pid}-enc1"},
-            "effectiveDateTime": "2026-10-08T09:05:00+08:00",
-            "component": [
-                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
-                 "valueQuantity": {"value": 148, "unit": "mmHg", "system": "http://unitsofmeasure.org",
-                                   "code": "mm[Hg]"}},
-                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
-                 "valueQuantity": {"value": 92, "unit": "mmHg", "system": "http://unitsofmeasure.org",
-                                   "code": "mm[Hg]"}},
-            ],
-        }),
-        (f"{pid}-glu1", "Observation", {
-            "resourceType": "Observation", "status": "final",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "laboratory"}]}],
-            "code": {"coding": [{"system": "http://loinc.org", "code": "1558-6",
-                                 "display": "Fasting glucose"}], "text": "空腹血糖"},
-            "subject": subject, "effectiveDateTime": "2026-10-08T08:30:00+08:00",
-            "valueQuantity": {"value": 6.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org",
-                              "code": "mmol/L"},
-            "note": [{"text": "建议复查，注意饮食控制"}],
-        }),
+        (
+            f"{pid}-cov",
+            "Coverage",
+            {
+                "resourceType": "Coverage",
+                "status": "active",
+                "beneficiary": subject,
+                "payor": [{"reference": f"Organization/{org('COUNTY_MI')}"}],
+                "type": {"text": "城乡居民基本医疗保险"},
+            },
+        ),
+        (
+            f"{pid}-enc1",
+            "Encounter",
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "subject": subject,
+                "serviceProvider": {"reference": f"Organization/{org(clinic)}"},
+                "period": {
+                    "start": "2026-10-08T09:00:00+08:00",
+                    "end": "2026-10-08T09:20:00+08:00",
+                },
+                "reasonCode": [{"text": "高血压随访"}],
+            },
+        ),
+        (
+            f"{pid}-bp1",
+            "Observation",
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "category": [vital],
+                "code": {
+                    "coding": [
+                        {
+                            "system": "http://loinc.org",
+                            "code": "85354-9",
+                            "display": "Blood pressure panel",
+                        }
+                    ],
+                    "text": "血压",
+                },
+                "subject": subject,
+                "encounter": {"reference": f"Encounter/{pid}-enc1"},
+                "effectiveDateTime": "2026-10-08T09:05:00+08:00",
+                "component": [
+                    {
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                        "valueQuantity": {
+                            "value": 148,
+                            "unit": "mmHg",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "mm[Hg]",
+                        },
+                    },
+                    {
+                        "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                        "valueQuantity": {
+                            "value": 92,
+                            "unit": "mmHg",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "mm[Hg]",
+                        },
+                    },
+                ],
+            },
+        ),
+        (
+            f"{pid}-glu1",
+            "Observation",
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                "code": "laboratory",
+                            }
+                        ]
+                    }
+                ],
+                "code": {
+                    "coding": [
+                        {
+                            "system": "http://loinc.org",
+                            "code": "1558-6",
+                            "display": "Fasting glucose",
+                        }
+                    ],
+                    "text": "空腹血糖",
+                },
+                "subject": subject,
+                "effectiveDateTime": "2026-10-08T08:30:00+08:00",
+                "valueQuantity": {
+                    "value": 6.4,
+                    "unit": "mmol/L",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mmol/L",
+                },
+                "note": [{"text": "建议复查，注意饮食控制"}],
+            },
+        ),
     ]
 
 
@@ -178,23 +347,34 @@ def _put_if_absent(conn: Connection, rtype: str, rid: str, body: dict[str, Any])
 
 def load(ctx: Context) -> list[DemoUser]:
     """Load the demo consortium; return the users (all share DEMO_PASSWORD)."""
+
     def work(conn: Connection) -> tuple[int, list[Event]]:
         created = 0
-        for row in ORGANIZATIONS:
-            created += _put_if_absent(conn, "Organization", org(row[0]), _organization(*row))
-        created += _put_if_absent(conn, "Practitioner", "doctor-xingfu",
-                                  _practitioner("doctor-xingfu", "李", "卫民"))
-        created += _put_if_absent(conn, "Practitioner", "specialist-city",
-                                  _practitioner("specialist-city", "张", "敏"))
-        for row in RESIDENTS:
-            created += _put_if_absent(conn, "Patient", row[0], _patient(row))
-            for rid, rtype, body in _records(row[0], row[5]):
-                created += _put_if_absent(conn, rtype, rid, body)
+        for code, zh, en, kind, part_of in ORGANIZATIONS:
+            body = _organization(code, zh, en, kind, part_of)
+            created += _put_if_absent(conn, "Organization", org(code), body)
+        created += _put_if_absent(
+            conn, "Practitioner", "doctor-xingfu", _practitioner("doctor-xingfu", "李", "卫民")
+        )
+        created += _put_if_absent(
+            conn, "Practitioner", "specialist-city", _practitioner("specialist-city", "张", "敏")
+        )
+        for resident in RESIDENTS:
+            created += _put_if_absent(conn, "Patient", resident[0], _patient(resident))
+            for rid, rtype, record in _records(resident[0], resident[5]):
+                created += _put_if_absent(conn, rtype, rid, record)
         for user in USERS:
             if users.get(conn, user.username) is None:
-                users.add(conn, user.username, DEMO_PASSWORD, user.role, user.organization,
-                          patient_id=user.patient_id, practitioner_id=user.practitioner_id,
-                          display=user.display)
+                users.add(
+                    conn,
+                    user.username,
+                    DEMO_PASSWORD,
+                    user.role,
+                    user.organization,
+                    patient_id=user.patient_id,
+                    practitioner_id=user.practitioner_id,
+                    display=user.display,
+                )
         return created, [Event("demo-load", (f"created:{created}",))]
 
     ctx.records.run(SYSTEM, "demo-load", work)

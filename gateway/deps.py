@@ -25,7 +25,9 @@ def current_principal(request: Request, ctx: Annotated[Context, Depends(get_cont
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("this call needs 'Authorization: Bearer <token>'; get one at POST /auth/token")
+        raise Unauthorized(
+            "this call needs 'Authorization: Bearer <token>'; get one at POST /auth/token"
+        )
     try:
         principal = ctx.tokens.verify(token.strip())
     except InvalidToken as exc:

@@ -91,12 +91,14 @@ def searchset(
             )
         if req.offset > 0:
             bundle["link"].append(
-                {"relation": "previous",
-                 "url": _page_url(base, rtype, req, max(0, req.offset - req.count))}
+                {
+                    "relation": "previous",
+                    "url": _page_url(base, rtype, req, max(0, req.offset - req.count)),
+                }
             )
-        bundle["entry"] = [
-            _entry(base, s, "match") for s in matches
-        ] + [_entry(base, s, "include") for s in included]
+        bundle["entry"] = [_entry(base, s, "match") for s in matches] + [
+            _entry(base, s, "include") for s in included
+        ]
     return bundle
 
 
@@ -121,12 +123,18 @@ def history_bundle(request: Request, entries: list[tuple[Stored, str]]) -> dict[
         url = f"{base}/{stored.res_type}/{stored.res_id}"
         entry: dict[str, Any] = {
             "fullUrl": url,
-            "request": {"method": method,
-                        "url": f"{stored.res_type}/{stored.res_id}" if method != "POST"
-                        else stored.res_type},
-            "response": {"status": "204 No Content" if stored.deleted else
-                         ("201 Created" if method == "POST" else "200 OK"),
-                         "etag": stored.etag},
+            "request": {
+                "method": method,
+                "url": f"{stored.res_type}/{stored.res_id}"
+                if method != "POST"
+                else stored.res_type,
+            },
+            "response": {
+                "status": "204 No Content"
+                if stored.deleted
+                else ("201 Created" if method == "POST" else "200 OK"),
+                "etag": stored.etag,
+            },
         }
         if not stored.deleted:
             entry["resource"] = stored.json()

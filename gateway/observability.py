@@ -52,12 +52,12 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.seconds: Counter[tuple[str, str]] = Counter()
+        self.seconds: dict[tuple[str, str], float] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self.requests[(method, route, status)] += 1
-            self.seconds[(method, route)] += seconds
+            self.seconds[(method, route)] = self.seconds.get((method, route), 0.0) + seconds
 
     def render(self) -> str:
         lines = [
@@ -66,17 +66,15 @@ class Metrics:
         ]
         with self._lock:
             for (method, route, status), n in sorted(self.requests.items()):
-                lines.append(
-                    f'yilian_http_requests_total{{method="{method}",route="{route}",status="{status}"}} {n}'
-                )
+                labels = f'method="{method}",route="{route}",status="{status}"'
+                lines.append(f"yilian_http_requests_total{{{labels}}} {n}")
             lines += [
                 "# HELP yilian_http_request_seconds_total Time spent answering, by route template.",
                 "# TYPE yilian_http_request_seconds_total counter",
             ]
             for (method, route), total in sorted(self.seconds.items()):
-                lines.append(
-                    f'yilian_http_request_seconds_total{{method="{method}",route="{route}"}} {total:.6f}'
-                )
+                labels = f'method="{method}",route="{route}"'
+                lines.append(f"yilian_http_request_seconds_total{{{labels}}} {total:.6f}")
         return "\n".join(lines) + "\n"
 
 
@@ -110,6 +108,11 @@ class RequestLog:
             self.metrics.observe(scope["method"], route, status, elapsed)
             log.info(
                 "request",
-                extra={"method": scope["method"], "route": route, "status": status,
-                       "ms": round(elapsed * 1000, 2), "request_id": request_id},
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                    "request_id": request_id,
+                },
             )

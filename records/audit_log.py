@@ -8,7 +8,7 @@ PostgreSQL concurrent transactions queue there for the short moment before commi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,21 @@ class Event:
     patients: tuple[str, ...] = ()
     outcome: str = "success"  # success | refused | failed
     detail: str | None = None
+    # (resource, its patient) when one operation touched several patients' records: each
+    # patient's audit record then names only that patient's resources.
+    touched: tuple[tuple[str, str | None], ...] = ()
+
+    @classmethod
+    def touching(cls, action: str, pairs: Iterable[tuple[str, str | None]]) -> Event:
+        return cls(action, touched=tuple(pairs))
+
+    def per_patient(self) -> list[tuple[str | None, tuple[str, ...]]]:
+        if not self.touched:
+            return [(p, self.resources) for p in self.patients or (None,)]
+        groups: dict[str | None, list[str]] = {}
+        for ref, patient in self.touched:
+            groups.setdefault(patient, []).append(ref)
+        return [(p, tuple(refs)) for p, refs in groups.items()]
 
 
 def append(conn: Connection, who: Principal, event: Event) -> int:
@@ -39,7 +54,7 @@ def append(conn: Connection, who: Principal, event: Event) -> int:
     seq, prev = head.seq, head.hash
     recorded = fhirdates.now()
     rows = []
-    for patient in event.patients or (None,):
+    for patient, resources in event.per_patient() or [(None, ())]:
         seq += 1
         entry = AuditEntry(
             seq=seq,
@@ -48,7 +63,7 @@ def append(conn: Connection, who: Principal, event: Event) -> int:
             role=who.role.value,
             organization=who.organization,
             action=event.action,
-            resources=tuple(event.resources[:200]),
+            resources=tuple(resources[:200]),
             patient=patient,
             outcome=event.outcome,
             detail=(event.detail or None) and event.detail[:500],
@@ -128,15 +143,24 @@ def as_audit_event(row: Any) -> dict[str, Any]:
         "id": str(entry.seq),
         "meta": {"versionId": "1", "lastUpdated": fhirdates.instant(entry.recorded)},
         "type": (
-            {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114",
-             "display": "User Authentication"}
+            {
+                "system": "http://dicom.nema.org/resources/ontology/DCM",
+                "code": "110114",
+                "display": "User Authentication",
+            }
             if login
-            else {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                  "code": "rest", "display": "RESTful Operation"}
+            else {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "code": "rest",
+                "display": "RESTful Operation",
+            }
         ),
         "subtype": [
-            {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122",
-             "display": "Login"}
+            {
+                "system": "http://dicom.nema.org/resources/ontology/DCM",
+                "code": "110122",
+                "display": "Login",
+            }
             if login
             else {"system": "http://hl7.org/fhir/restful-interaction", "code": entry.action}
         ],
@@ -146,11 +170,16 @@ def as_audit_event(row: Any) -> dict[str, Any]:
         "agent": [
             {
                 "type": {"text": entry.role},
-                "who": {"identifier": {"system": "urn:yilian:user", "value": entry.actor},
-                        "display": entry.actor},
+                "who": {
+                    "identifier": {"system": "urn:yilian:user", "value": entry.actor},
+                    "display": entry.actor,
+                },
                 "requestor": True,
-                **({"network": {"address": entry.source[:100], "type": "2"}}
-                   if entry.source else {}),
+                **(
+                    {"network": {"address": entry.source[:100], "type": "2"}}
+                    if entry.source
+                    else {}
+                ),
             }
         ],
         "source": {"site": "yilian", "observer": {"display": "Yilian gateway"}},
@@ -159,16 +188,24 @@ def as_audit_event(row: Any) -> dict[str, Any]:
         event["outcomeDesc"] = entry.detail
     if entry.organization:
         event["agent"].append(
-            {"type": {"text": "organization"},
-             "who": {"reference": f"Organization/{entry.organization}"}, "requestor": False}
+            {
+                "type": {"text": "organization"},
+                "who": {"reference": f"Organization/{entry.organization}"},
+                "requestor": False,
+            }
         )
     entities = [{"what": {"reference": ref}} for ref in entry.resources if "/" in ref]
     if entry.patient:
         entities.insert(
             0,
-            {"what": {"reference": f"Patient/{entry.patient}"},
-             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
-                      "code": "1", "display": "Person"}},
+            {
+                "what": {"reference": f"Patient/{entry.patient}"},
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "1",
+                    "display": "Person",
+                },
+            },
         )
     if entities:
         event["entity"] = entities

@@ -43,12 +43,15 @@ def process(service: RecordService, who: Principal, bundle: Any) -> dict[str, An
         return _transaction(service, who, entries)
     if kind == "batch":
         return _batch(service, who, entries)
-    raise Invalid(f"Bundle.type must be transaction or batch, not '{kind}'",
-                  expression=["Bundle.type"])
+    raise Invalid(
+        f"Bundle.type must be transaction or batch, not '{kind}'", expression=["Bundle.type"]
+    )
 
 
 def _transaction(service: RecordService, who: Principal, entries: list[Any]) -> dict[str, Any]:
-    order = sorted(range(len(entries)), key=lambda i: _ORDER.get(entries[i]["request"]["method"], 9))
+    order = sorted(
+        range(len(entries)), key=lambda i: _ORDER.get(entries[i]["request"]["method"], 9)
+    )
     # Give every POST its id first, so references between entries can be resolved.
     assigned: dict[str, str] = {}
     for i in order:
@@ -95,8 +98,12 @@ def _batch(service: RecordService, who: Principal, entries: list[Any]) -> dict[s
 
 
 def _entry(
-    service: RecordService, conn: Connection, who: Principal, entry: dict[str, Any],
-    assigned: dict[str, str], deferred: list[Any] | None = None,
+    service: RecordService,
+    conn: Connection,
+    who: Principal,
+    entry: dict[str, Any],
+    assigned: dict[str, str],
+    deferred: list[Any] | None = None,
 ) -> tuple[dict[str, Any], Event]:
     request = entry["request"]
     method = request["method"].upper()
@@ -109,7 +116,12 @@ def _entry(
         if entry.get("fullUrl") in assigned:
             rid = assigned[entry["fullUrl"]].split("/", 1)[1]
         stored, created = service.create_in(
-            conn, who, rtype, body, if_none_exist=request.get("ifNoneExist"), rid=rid,
+            conn,
+            who,
+            rtype,
+            body,
+            if_none_exist=request.get("ifNoneExist"),
+            rid=rid,
             deferred=deferred,
         )
         if not created and entry.get("fullUrl") in assigned:
@@ -124,24 +136,33 @@ def _entry(
         return _stored_entry(stored, status), _event("create" if created else "update", stored)
     if method == "DELETE" and len(path) == 2:
         removed = service.delete_in(conn, who, path[0], path[1])
-        event = Event("delete", (f"{path[0]}/{path[1]}",),
-                      (removed.patient_id,) if removed and removed.patient_id else ())
+        event = Event(
+            "delete",
+            (f"{path[0]}/{path[1]}",),
+            (removed.patient_id,) if removed and removed.patient_id else (),
+        )
         return {"response": {"status": "204 No Content"}}, event
     if method == "GET" and len(path) == 2:
         scope = service.scope(who, path[0], Action.READ)
         found = service._visible_current(conn, path[0], path[1], scope)
         return _stored_entry(found, "200 OK", with_resource=True), _event("read", found)
     if method == "GET" and len(path) == 1:
-        req = query.parse(path[0], parse_qsl(url.query), default_count=service.default_count,
-                          max_count=service.max_count)
+        req = query.parse(
+            path[0],
+            parse_qsl(url.query),
+            default_count=service.default_count,
+            max_count=service.max_count,
+        )
         result = service._search_in(conn, who, req)
         inner = {
-            "resourceType": "Bundle", "type": "searchset", "total": result.total,
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": result.total,
             "entry": [{"resource": s.json(), "search": {"mode": "match"}} for s in result.matches],
         }
-        refs = tuple(f"{s.res_type}/{s.res_id}" for s in result.matches)
-        patients = tuple(sorted({s.patient_id for s in result.matches if s.patient_id}))
-        return {"resource": inner, "response": {"status": "200 OK"}}, Event("search", refs, patients)
+        touched = [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in result.matches]
+        response = {"resource": inner, "response": {"status": "200 OK"}}
+        return response, Event.touching("search", touched or [(path[0], None)])
     raise NotSupported(f"{method} {request['url']} is not supported inside a Bundle")
 
 
@@ -158,8 +179,11 @@ def _resolve(entry: dict[str, Any], assigned: dict[str, str]) -> dict[str, Any]:
 
 
 def _event(action: str, stored: Stored) -> Event:
-    return Event(action, (f"{stored.res_type}/{stored.res_id}",),
-                 (stored.patient_id,) if stored.patient_id else ())
+    return Event(
+        action,
+        (f"{stored.res_type}/{stored.res_id}",),
+        (stored.patient_id,) if stored.patient_id else (),
+    )
 
 
 def _stored_entry(stored: Stored, status: str, *, with_resource: bool = True) -> dict[str, Any]:
@@ -172,7 +196,11 @@ def _stored_entry(stored: Stored, status: str, *, with_resource: bool = True) ->
         }
     }
     if with_resource:
-        entry = {"fullUrl": f"{stored.res_type}/{stored.res_id}", "resource": stored.json(), **entry}
+        entry = {
+            "fullUrl": f"{stored.res_type}/{stored.res_id}",
+            "resource": stored.json(),
+            **entry,
+        }
     return entry
 
 
@@ -181,6 +209,14 @@ def _response_bundle(kind: str, responses: list[dict[str, Any] | None]) -> dict[
 
 
 def _status(code: int) -> str:
-    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-               409: "Conflict", 410: "Gone", 412: "Precondition Failed", 422: "Unprocessable Entity"}
+    reasons = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        409: "Conflict",
+        410: "Gone",
+        412: "Precondition Failed",
+        422: "Unprocessable Entity",
+    }
     return f"{code} {reasons.get(code, '')}".strip()

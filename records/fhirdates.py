@@ -92,4 +92,6 @@ def as_utc(value: datetime) -> datetime:
 
 def instant(value: datetime) -> str:
     """FHIR instant text with millisecond precision."""
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.") + f"{as_utc(value).microsecond // 1000:03d}Z"
+    return (
+        as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.") + f"{as_utc(value).microsecond // 1000:03d}Z"
+    )

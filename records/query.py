@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
 
@@ -18,8 +19,15 @@ from records.schema import resource, search_date, search_reference, search_strin
 
 CONTROL = {"_count", "_offset", "_sort", "_include", "_revinclude", "_summary", "_total", "_format"}
 COMMON = {"_id", "_lastUpdated", "patient"}
-NO_COMPARTMENT = {"Patient", "Practitioner", "PractitionerRole", "Organization", "Location",
-                  "Endpoint", "HealthcareService"}
+NO_COMPARTMENT = {
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Endpoint",
+    "HealthcareService",
+}
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 
@@ -104,7 +112,9 @@ def _control(req: SearchRequest, name: str, raw: str, max_count: int) -> None:
         try:
             number = int(raw)
         except ValueError:
-            raise Invalid(f"{name} must be a whole number, not '{raw}'", expression=[name]) from None
+            raise Invalid(
+                f"{name} must be a whole number, not '{raw}'", expression=[name]
+            ) from None
         if number < 0:
             raise Invalid(f"{name} must not be negative", expression=[name])
         if name == "_count":
@@ -132,6 +142,7 @@ def _control(req: SearchRequest, name: str, raw: str, max_count: int) -> None:
 
 # -- SQL ---------------------------------------------------------------------------------------
 
+
 def base_query(rtype: str) -> Select:  # type: ignore[type-arg]
     return select(
         resource.c.res_type,
@@ -154,8 +165,12 @@ def _filter_clause(rtype: str, flt: Filter) -> ColumnElement[bool]:
     if flt.name == "_id":
         return resource.c.res_id.in_(flt.values)
     if flt.name == "_lastUpdated":
-        return or_(*[_date_condition(resource.c.last_updated, resource.c.last_updated, v, flt.name)
-                     for v in flt.values])
+        return or_(
+            *[
+                _date_condition(resource.c.last_updated, resource.c.last_updated, v, flt.name)
+                for v in flt.values
+            ]
+        )
     if flt.name == "patient":
         ids = [_reference_id(v, "Patient")[1] for v in flt.values]
         return resource.c.patient_id.in_(ids)
@@ -168,8 +183,9 @@ def _filter_clause(rtype: str, flt: Filter) -> ColumnElement[bool]:
         conds = [_string_condition(v, flt.modifier) for v in flt.values]
     elif param.kind == "date":
         table = search_date
-        conds = [_date_condition(search_date.c.low, search_date.c.high, v, flt.name)
-                 for v in flt.values]
+        conds = [
+            _date_condition(search_date.c.low, search_date.c.high, v, flt.name) for v in flt.values
+        ]
     else:
         table = search_reference
         conds = [_reference_condition(v, flt.modifier) for v in flt.values]
@@ -184,12 +200,18 @@ def _filter_clause(rtype: str, flt: Filter) -> ColumnElement[bool]:
 def _missing(rtype: str, flt: Filter) -> ColumnElement[bool]:
     want_missing = flt.values[:1] == ["true"]
     if flt.name == "patient":
-        return resource.c.patient_id.is_(None) if want_missing else resource.c.patient_id.is_not(None)
+        return (
+            resource.c.patient_id.is_(None) if want_missing else resource.c.patient_id.is_not(None)
+        )
     param = searchparams.PARAMS[rtype].get(flt.name)
     if param is None:
         raise Invalid(f":missing is not supported on {flt.name}")
-    table = {"token": search_token, "string": search_string, "date": search_date,
-             "reference": search_reference}[param.kind]
+    table = {
+        "token": search_token,
+        "string": search_string,
+        "date": search_date,
+        "reference": search_reference,
+    }[param.kind]
     inner = select(table.c.res_id).where(table.c.res_type == rtype, table.c.param == flt.name)
     present = resource.c.res_id.in_(inner)
     return not_(present) if want_missing else present
@@ -263,8 +285,9 @@ def _reference_condition(value: str, modifier: str | None) -> ColumnElement[bool
     return cond
 
 
-def order_by(req: SearchRequest) -> list:  # type: ignore[type-arg]
+def order_by(req: SearchRequest) -> list[Any]:
     orders = []
+    col: Any
     for name, desc in req.sort or [("_lastUpdated", False)]:
         if name == "_lastUpdated":
             col = resource.c.last_updated

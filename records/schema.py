@@ -81,7 +81,12 @@ search_string = Table(
     Column("value", String(255), nullable=False),  # normalised (case-folded) for matching
     Column("raw", String(255), nullable=False),  # as written, for :exact
 )
-Index("ix_search_string_lookup", search_string.c.res_type, search_string.c.param, search_string.c.value)
+Index(
+    "ix_search_string_lookup",
+    search_string.c.res_type,
+    search_string.c.param,
+    search_string.c.value,
+)
 Index("ix_search_string_owner", search_string.c.res_type, search_string.c.res_id)
 
 search_date = Table(

@@ -84,8 +84,12 @@ class RecordService:
             raise
         except IntegrityError:
             log.warning("integrity conflict during %s", action)
-            conflict = Conflict("the resource was changed by another request at the same time; retry")
-            self._audit_outcome(who, Event(action, tuple(about), (), "failed", conflict.diagnostics))
+            conflict = Conflict(
+                "the resource was changed by another request at the same time; retry"
+            )
+            self._audit_outcome(
+                who, Event(action, tuple(about), (), "failed", conflict.diagnostics)
+            )
             raise conflict from None
 
     def _audit_outcome(self, who: Principal, event: Event) -> None:
@@ -169,16 +173,21 @@ class RecordService:
 
         def work(conn: Connection) -> tuple[list[tuple[Stored, str]], list[Event]]:
             if rtype is None:  # system history: only those who see everything
-                if not self.policy.decide(who, "Patient", Action.READ).scope.unrestricted:
+                decision = self.policy.decide(who, "Patient", Action.READ)
+                if not (decision.allowed and decision.scope.unrestricted):
                     raise Forbidden("system-wide history is for the gateway itself")
-                entries = store.history(conn, None, None, since=since_dt, limit=limit, offset=offset)
+                entries = store.history(
+                    conn, None, None, since=since_dt, limit=limit, offset=offset
+                )
             else:
                 scope = self.scope(who, rtype, Action.READ)
                 if rid is not None:
                     head = store.current(conn, rtype, rid)
                     if head is None or not self.visible(conn, rtype, rid, scope):
                         raise NotFound(f"{rtype}/{rid} is not known")
-                    entries = store.history(conn, rtype, rid, since=since_dt, limit=limit, offset=offset)
+                    entries = store.history(
+                        conn, rtype, rid, since=since_dt, limit=limit, offset=offset
+                    )
                 else:
                     entries = [
                         entry
@@ -187,8 +196,7 @@ class RecordService:
                         )
                         if self.visible(conn, rtype, entry[0].res_id, scope)
                     ]
-            refs = tuple(f"{s.res_type}/{s.res_id}" for s, _ in entries)
-            return entries, [Event("history", refs)]
+            return entries, [Event.touching("history", _touched(s for s, _ in entries))]
 
         return self.run(who, "history", work, about=[f"{rtype or ''}/{rid or ''}"])
 
@@ -327,7 +335,10 @@ class RecordService:
                 and "managingOrganization" not in body
             ):
                 # A resident registered at a township clinic is managed by that clinic.
-                body = {**body, "managingOrganization": {"reference": f"Organization/{who.organization}"}}
+                body = {
+                    **body,
+                    "managingOrganization": {"reference": f"Organization/{who.organization}"},
+                }
         return body
 
     def _check_unique_resident_id(
@@ -372,21 +383,25 @@ class RecordService:
     ) -> SearchResult:
         fhirtypes.check_type(rtype)
         req = query.parse(
-            rtype, items, default_count=self.default_count, max_count=self.max_count, lenient=lenient
+            rtype,
+            items,
+            default_count=self.default_count,
+            max_count=self.max_count,
+            lenient=lenient,
         )
         if rtype == "AuditEvent":
             return self._search_audit_events(who, req)
 
         def work(conn: Connection) -> tuple[SearchResult, list[Event]]:
             result = self._search_in(conn, who, req)
-            everything = result.matches + result.included
-            refs = tuple(f"{s.res_type}/{s.res_id}" for s in everything)
-            patients = tuple(sorted({s.patient_id for s in everything if s.patient_id}))
-            return result, [Event("search", refs or (rtype,), patients)]
+            touched = _touched(result.matches + result.included) or [(rtype, None)]
+            return result, [Event.touching("search", touched)]
 
         return self.run(who, "search", work, about=[rtype])
 
-    def _search_in(self, conn: Connection, who: Principal, req: query.SearchRequest) -> SearchResult:
+    def _search_in(
+        self, conn: Connection, who: Principal, req: query.SearchRequest
+    ) -> SearchResult:
         scope = self.scope(who, req.rtype, Action.SEARCH)
         where = [*query.filter_clauses(req), scope_clause(scope, req.rtype)]
         base = query.base_query(req.rtype).where(*where)
@@ -433,7 +448,12 @@ class RecordService:
         return found
 
     def _visible_rows(
-        self, conn: Connection, who: Principal, rtype: str, ids: list[str], seen: set[tuple[str, str]]
+        self,
+        conn: Connection,
+        who: Principal,
+        rtype: str,
+        ids: list[str],
+        seen: set[tuple[str, str]],
     ) -> list[Stored]:
         wanted = [i for i in ids if (rtype, i) not in seen]
         if not wanted or rtype not in fhirtypes.STORED_TYPES:
@@ -479,7 +499,9 @@ class RecordService:
             for row in rows:
                 stored = Stored(*row)
                 decision = self.policy.decide(who, stored.res_type, Action.READ)
-                if decision.allowed and self.visible(conn, stored.res_type, stored.res_id, decision.scope):
+                if decision.allowed and self.visible(
+                    conn, stored.res_type, stored.res_id, decision.scope
+                ):
                     out.append(stored)
             refs = tuple(f"{s.res_type}/{s.res_id}" for s in out)
             return out, [Event("everything", refs, (pid,))]
@@ -521,12 +543,14 @@ class RecordService:
                     if grade != "certainly-not":
                         matches[stored.res_id] = Match(stored, value, grade)
             ranked = sorted(matches.values(), key=lambda m: (-m.score, m.patient.res_id))[:count]
-            refs = tuple(f"Patient/{m.patient.res_id}" for m in ranked)
-            return ranked, [Event("match", refs, tuple(m.patient.res_id for m in ranked))]
+            touched = _touched(m.patient for m in ranked) or [("Patient", None)]
+            return ranked, [Event.touching("match", touched)]
 
         return self.run(who, "match", work, about=["Patient"])
 
-    def _match_candidates(self, conn: Connection, probe: dict[str, Any], visible: Any) -> list[Stored]:
+    def _match_candidates(
+        self, conn: Connection, probe: dict[str, Any], visible: Any
+    ) -> list[Stored]:
         items: list[tuple[str, str]] = []
         if probe.get("birthDate"):
             items.append(("birthdate", probe["birthDate"]))
@@ -542,9 +566,7 @@ class RecordService:
         for items in queries:
             req = query.parse("Patient", items, default_count=200, max_count=200)
             rows = conn.execute(
-                query.base_query("Patient")
-                .where(*query.filter_clauses(req), visible)
-                .limit(200)
+                query.base_query("Patient").where(*query.filter_clauses(req), visible).limit(200)
             )
             for row in rows:
                 out.setdefault(row.res_id, Stored(*row))
@@ -640,6 +662,11 @@ class RecordService:
 
 # -- helpers -------------------------------------------------------------------------------------
 
+
+def _touched(stored: Iterable[Stored]) -> list[tuple[str, str | None]]:
+    return [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in stored]
+
+
 def _patients(stored: Stored | None) -> tuple[str, ...]:
     return (stored.patient_id,) if stored and stored.patient_id else ()
 
@@ -656,8 +683,9 @@ def _include_spec(spec: str, default_source: str | None, name: str) -> tuple[str
     if param != "*":
         known = searchparams.PARAMS[source].get(param)
         if known is None or known.kind != "reference":
-            raise Invalid(f"{name}={spec}: {source} has no reference parameter '{param}'",
-                          expression=[name])
+            raise Invalid(
+                f"{name}={spec}: {source} has no reference parameter '{param}'", expression=[name]
+            )
     return source, param, parts[2] if len(parts) > 2 else None
 
 
@@ -701,6 +729,7 @@ def _audit_filter(flt: query.Filter):  # type: ignore[no-untyped-def]
         codes = {"0": "success", "4": "refused", "8": "failed"}
         return a.outcome.in_([codes.get(v, v) for v in flt.values])
     if flt.name in ("date", "_lastUpdated"):
-        return or_(*[query._date_condition(a.recorded, a.recorded, v, flt.name) for v in flt.values])
+        return or_(
+            *[query._date_condition(a.recorded, a.recorded, v, flt.name) for v in flt.values]
+        )
     raise Invalid(f"AuditEvent cannot be searched by {flt.name}")
-

@@ -104,14 +104,14 @@ def vread(conn: Connection, rtype: str, rid: str, version: int) -> Stored:
     return stored
 
 
-def write(
-    conn: Connection, rtype: str, rid: str, body: dict[str, Any], method: str
-) -> Stored:
+def write(conn: Connection, rtype: str, rid: str, body: dict[str, Any], method: str) -> Stored:
     """Store a new version of the resource (create or update) and re-index it."""
     existing = current(conn, rtype, rid, lock=True)
     version = existing.version + 1 if existing else 1
     when = _now()
-    meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    meta = {
+        k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
     meta = {"versionId": str(version), "lastUpdated": fhirdates.instant(when), **meta}
     rest = {k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")}
     stored_body = {"resourceType": rtype, "id": rid, "meta": meta, **rest}
@@ -186,9 +186,7 @@ def history(
 ) -> list[tuple[Stored, str]]:
     """Versions newest first, with the method that made each (POST, PUT, DELETE)."""
     v = resource_version.c
-    query = select(
-        v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.content, v.method
-    )
+    query = select(v.res_type, v.res_id, v.version, v.last_updated, v.deleted, v.content, v.method)
     if rtype:
         query = query.where(v.res_type == rtype)
     if rid:

@@ -29,7 +29,12 @@ class User:
 
     def principal(self, source: str | None = None) -> Principal:
         return Principal(
-            self.username, self.role, self.organization, self.patient_id, self.practitioner_id, source
+            self.username,
+            self.role,
+            self.organization,
+            self.patient_id,
+            self.practitioner_id,
+            source,
         )
 
 
@@ -70,9 +75,7 @@ def add(
     if existing:
         conn.execute(update(app_user).where(app_user.c.username == username).values(**values))
     else:
-        conn.execute(
-            insert(app_user).values(username=username, created=fhirdates.now(), **values)
-        )
+        conn.execute(insert(app_user).values(username=username, created=fhirdates.now(), **values))
     found = get(conn, username)
     assert found is not None
     return found

@@ -29,15 +29,22 @@ async def token(request: Request, ctx: ContextDep) -> JSONResponse:
     form = await request.form()
     grant = str(form.get("grant_type", ""))
     if grant == "password":
-        username, secret, kind = str(form.get("username", "")), str(form.get("password", "")), "person"
+        username, secret, kind = (
+            str(form.get("username", "")),
+            str(form.get("password", "")),
+            "person",
+        )
     elif grant == "client_credentials":
         username, secret = _client_credentials(request, form)
         kind = "client"
     else:
-        return _oauth_error(400, "unsupported_grant_type",
-                            "grant_type must be 'password' or 'client_credentials'")
+        return _oauth_error(
+            400, "unsupported_grant_type", "grant_type must be 'password' or 'client_credentials'"
+        )
     if not username or not secret:
-        return _oauth_error(400, "invalid_request", "username and password (or client credentials) are required")
+        return _oauth_error(
+            400, "invalid_request", "username and password (or client credentials) are required"
+        )
     source = client_address(request)
 
     def check() -> users.User | None:
@@ -48,15 +55,17 @@ async def token(request: Request, ctx: ContextDep) -> JSONResponse:
     if user is None:
         anonymous = Principal(username=username[:128], role=Role.SYSTEM, source=source)
         await run_in_threadpool(
-            ctx.records.audit, anonymous,
+            ctx.records.audit,
+            anonymous,
             Event("login", (), (), "refused", f"bad credentials ({grant})"),
         )
-        return _oauth_error(401 if kind == "client" else 400, "invalid_grant" if kind == "person"
-                            else "invalid_client", "unknown user or wrong password")
+        return _oauth_error(
+            401 if kind == "client" else 400,
+            "invalid_grant" if kind == "person" else "invalid_client",
+            "unknown user or wrong password",
+        )
     principal = user.principal(source)
-    await run_in_threadpool(
-        ctx.records.audit, principal, Event("login", (), (), "success", grant)
-    )
+    await run_in_threadpool(ctx.records.audit, principal, Event("login", (), (), "success", grant))
     return JSONResponse(
         {
             "access_token": ctx.tokens.issue(principal),

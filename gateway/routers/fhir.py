@@ -1,7 +1,9 @@
-"""The FHIR R4 REST API at /fhir. It decodes HTTP, calls the records boundary, encodes the answer."""
+"""The FHIR R4 REST API at /fhir: decode HTTP, call the records boundary, encode the answer."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -39,7 +41,10 @@ async def transaction(request: Request, ctx: ContextDep, who: PrincipalDep) -> F
 
 @router.get("/_history")
 def system_history(
-    request: Request, ctx: ContextDep, who: PrincipalDep, _since: str | None = None,
+    request: Request,
+    ctx: ContextDep,
+    who: PrincipalDep,
+    _since: str | None = None,
     _count: int | None = None,
 ) -> FhirResponse:
     entries = ctx.records.history(who, None, None, since=_since, count=_count)
@@ -90,7 +95,9 @@ async def patient_merge(request: Request, ctx: ContextDep, who: PrincipalDep) ->
 
 
 @router.get("/Patient/{rid}/$everything")
-def patient_everything(request: Request, rid: str, ctx: ContextDep, who: PrincipalDep) -> FhirResponse:
+def patient_everything(
+    request: Request, rid: str, ctx: ContextDep, who: PrincipalDep
+) -> FhirResponse:
     found = ctx.records.everything(who, rid)
     base = str(request.base_url).rstrip("/") + "/fhir"
     return FhirResponse(
@@ -99,8 +106,11 @@ def patient_everything(request: Request, rid: str, ctx: ContextDep, who: Princip
             "type": "searchset",
             "total": len(found),
             "entry": [
-                {"fullUrl": f"{base}/{s.res_type}/{s.res_id}", "resource": s.json(),
-                 "search": {"mode": "match"}}
+                {
+                    "fullUrl": f"{base}/{s.res_type}/{s.res_id}",
+                    "resource": s.json(),
+                    "search": {"mode": "match"},
+                }
                 for s in found
             ],
         }
@@ -113,15 +123,17 @@ def search(request: Request, rtype: str, ctx: ContextDep, who: PrincipalDep) -> 
 
 
 @router.post("/{rtype}/_search")
-async def search_post(request: Request, rtype: str, ctx: ContextDep, who: PrincipalDep) -> FhirResponse:
+async def search_post(
+    request: Request, rtype: str, ctx: ContextDep, who: PrincipalDep
+) -> FhirResponse:
     form = await request.form()
-    items = list(request.query_params.multi_items()) + [
-        (k, str(v)) for k, v in form.multi_items()
-    ]
+    items = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
     return await run_in_threadpool(_search, request, rtype, items, ctx, who)
 
 
-def _search(request: Request, rtype: str, items: list[tuple[str, str]], ctx: Any, who: Any) -> FhirResponse:
+def _search(
+    request: Request, rtype: str, items: list[tuple[str, str]], ctx: Any, who: Any
+) -> FhirResponse:
     lenient = "handling=lenient" in request.headers.get("prefer", "")
     result = ctx.records.search(who, rtype, items, lenient=lenient)
     return FhirResponse(
@@ -142,8 +154,12 @@ async def create(request: Request, rtype: str, ctx: ContextDep, who: PrincipalDe
 
 @router.get("/{rtype}/_history")
 def type_history(
-    request: Request, rtype: str, ctx: ContextDep, who: PrincipalDep,
-    _since: str | None = None, _count: int | None = None,
+    request: Request,
+    rtype: str,
+    ctx: ContextDep,
+    who: PrincipalDep,
+    _since: str | None = None,
+    _count: int | None = None,
 ) -> FhirResponse:
     entries = ctx.records.history(who, rtype, None, since=_since, count=_count)
     return FhirResponse(history_bundle(request, entries))
@@ -156,12 +172,35 @@ def read(request: Request, rtype: str, rid: str, ctx: ContextDep, who: Principal
         if_none_match = request.headers.get("if-none-match")
         if if_none_match and if_none_match.strip() == found.etag:
             return Response(status_code=304, headers={"ETag": found.etag})
+        if rtype == "Binary" and _wants_native(request):
+            return _native_binary(found)
         return resource_response(found, request)
     return FhirResponse(found)
 
 
+def _wants_native(request: Request) -> bool:
+    """A Binary read whose Accept names no FHIR/JSON type gets the content itself (FHIR R4
+    binary.html#rest)."""
+    accept = request.headers.get("accept", "")
+    return bool(accept) and "json" not in accept and "*/*" not in accept
+
+
+def _native_binary(stored: Stored) -> Response:
+    body = stored.json()
+    try:
+        data = base64.b64decode(body.get("data", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(f"Binary/{stored.res_id} holds data that is not base64") from None
+    return Response(
+        data, media_type=body.get("contentType", "application/octet-stream"),
+        headers={"ETag": stored.etag},
+    )
+
+
 @router.put("/{rtype}/{rid}")
-async def update(request: Request, rtype: str, rid: str, ctx: ContextDep, who: PrincipalDep) -> Response:
+async def update(
+    request: Request, rtype: str, rid: str, ctx: ContextDep, who: PrincipalDep
+) -> Response:
     body = await read_body(request)
     stored, created = await run_in_threadpool(
         lambda: ctx.records.update(who, rtype, rid, body, if_match=request.headers.get("if-match"))
@@ -178,21 +217,29 @@ def delete(rtype: str, rid: str, ctx: ContextDep, who: PrincipalDep) -> Response
 
 @router.get("/{rtype}/{rid}/_history")
 def instance_history(
-    request: Request, rtype: str, rid: str, ctx: ContextDep, who: PrincipalDep,
-    _since: str | None = None, _count: int | None = None,
+    request: Request,
+    rtype: str,
+    rid: str,
+    ctx: ContextDep,
+    who: PrincipalDep,
+    _since: str | None = None,
+    _count: int | None = None,
 ) -> FhirResponse:
     entries = ctx.records.history(who, rtype, rid, since=_since, count=_count)
     return FhirResponse(history_bundle(request, entries))
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}")
-def vread(request: Request, rtype: str, rid: str, vid: str, ctx: ContextDep, who: PrincipalDep) -> Response:
+def vread(
+    request: Request, rtype: str, rid: str, vid: str, ctx: ContextDep, who: PrincipalDep
+) -> Response:
     if not vid.isdigit():
         raise Invalid(f"version id '{vid}' is not a number", expression=["vid"])
     return resource_response(ctx.records.vread(who, rtype, rid, int(vid)), request)
 
 
 # -- operation parameters -------------------------------------------------------------------------
+
 
 def _parameters(params: Any) -> list[dict[str, Any]]:
     if not isinstance(params, dict) or params.get("resourceType") != "Parameters":
@@ -211,8 +258,10 @@ def _match_parameters(params: Any) -> tuple[Any, int, bool]:
         elif p.get("name") == "onlyCertainMatches":
             only_certain = bool(p.get("valueBoolean", False))
     if probe is None:
-        raise Invalid("Patient/$match needs a 'resource' parameter holding a Patient",
-                      expression=["Parameters.parameter"])
+        raise Invalid(
+            "Patient/$match needs a 'resource' parameter holding a Patient",
+            expression=["Parameters.parameter"],
+        )
     return probe, max(1, min(count, 100)), only_certain
 
 
@@ -222,5 +271,7 @@ def _reference_parameter(params: Any, name: str) -> str:
             ref = (p.get("valueReference") or {}).get("reference", "")
             if ref.startswith("Patient/"):
                 return ref.split("/", 1)[1]
-    raise Invalid(f"Patient/$merge needs '{name}' as a valueReference to a Patient",
-                  expression=["Parameters.parameter"])
+    raise Invalid(
+        f"Patient/$merge needs '{name}' as a valueReference to a Patient",
+        expression=["Parameters.parameter"],
+    )

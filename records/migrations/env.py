@@ -9,7 +9,7 @@ engine = config.attributes.get("engine")
 if engine is None:  # `alembic` run by hand: take the URL from the config
     from sqlalchemy import create_engine
 
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///var/yilian.db")
 
 with engine.begin() as connection:
     context.configure(

@@ -159,3 +159,26 @@ def test_every_fhir_call_needs_a_token(client, demo):
     assert bad.status_code == 401
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_binary_is_served_natively_when_asked(client, as_user):
+    import base64
+
+    auth = {**as_user("doctor.xingfu"), **FHIR}
+    pdf = b"%PDF-1.4\n% \xe5\xbf\x83\xe7\x94\xb5\xe5\x9b\xbe report\n"
+    created = client.post("/fhir/Binary", json={
+        "resourceType": "Binary", "contentType": "application/pdf",
+        "securityContext": {"reference": "Patient/demo-wang-xiuying"},
+        "data": base64.b64encode(pdf).decode()}, headers=auth)
+    assert created.status_code == 201, created.text
+    bid = created.json()["id"]
+    native = client.get(f"/fhir/Binary/{bid}", headers={**auth, "Accept": "application/pdf"})
+    assert native.status_code == 200
+    assert native.headers["content-type"] == "application/pdf" and native.content == pdf
+    as_fhir = client.get(f"/fhir/Binary/{bid}", headers={**auth, "Accept": "application/fhir+json"})
+    assert as_fhir.json()["resourceType"] == "Binary"
+    # the Binary belongs to 王秀英's compartment: another resident cannot read it
+    other = client.get(f"/fhir/Binary/{bid}", headers=as_user("resident.zhang"))
+    assert other.status_code == 404
+    own = client.get(f"/fhir/Binary/{bid}", headers=as_user("resident.wang"))
+    assert own.status_code == 200
