@@ -81,6 +81,11 @@ def validate_patient(body: dict[str, Any]) -> None:
             raise Unprocessable(
                 f"{where}: invalid resident identity number: {exc}", expression=[where]
             ) from None
+        if value != value.strip():
+            raise Unprocessable(
+                f"{where}: remove the spaces around the resident identity number (身份证号含空格)",
+                expression=[where],
+            )
         if value != rid.number:
             raise Unprocessable(
                 f"{where}: write the check character as upper-case X (校验位X应大写)",

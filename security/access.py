@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from security.principal import Principal, Role
+from security.principal import Principal
 
 
 class Action(StrEnum):
@@ -28,7 +28,14 @@ READS = {Action.READ, Action.SEARCH}
 WRITES = {Action.CREATE, Action.UPDATE, Action.DELETE}
 
 DIRECTORY_TYPES = frozenset(
-    {"Organization", "Practitioner", "PractitionerRole", "Endpoint", "HealthcareService", "Location"}
+    {
+        "Organization",
+        "Practitioner",
+        "PractitionerRole",
+        "Endpoint",
+        "HealthcareService",
+        "Location",
+    }
 )
 FINANCIAL_TYPES = frozenset({"Coverage", "Claim", "ClaimResponse", "ExplanationOfBenefit"})
 CLINICAL_TYPES = frozenset(
@@ -122,7 +129,9 @@ class AccessPolicy:
             return Decision(True)
         if rtype == AUDIT_TYPE and action in READS:
             return Decision(True)
-        return Decision.deny("administrators manage users and organizations and read no clinical data")
+        return Decision.deny(
+            "administrators manage users and organizations and read no clinical data"
+        )
 
     def _resident(self, who: Principal, rtype: str, action: Action) -> Decision:
         if action in WRITES:

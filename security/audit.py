@@ -69,7 +69,9 @@ def verify_chain(
     prev = GENESIS
     for entry, prev_hash, stored in rows:
         if entry.seq != expected_seq:
-            return ChainBreak(entry.seq, f"expected record {expected_seq} here (removed or reordered)")
+            return ChainBreak(
+                entry.seq, f"expected record {expected_seq} here (removed or reordered)"
+            )
         if prev_hash != prev:
             return ChainBreak(entry.seq, "previous-hash link does not match the record before it")
         if chain_hash(prev_hash, entry) != stored:

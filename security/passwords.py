@@ -15,9 +15,7 @@ _PREFIX = "scrypt"
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    return "$".join(
-        [_PREFIX, str(_N), str(_R), str(_P), _b64(salt), _b64(digest)]
-    )
+    return "$".join([_PREFIX, str(_N), str(_R), str(_P), _b64(salt), _b64(digest)])
 
 
 def verify_password(password: str, stored: str) -> bool:

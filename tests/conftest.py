@@ -33,7 +33,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"yilian_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\''))
+        conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
     url = make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
         yield url

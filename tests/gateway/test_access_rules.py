@@ -56,8 +56,12 @@ def _observation(pid: str) -> dict:
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "心率"},
         "subject": {"reference": f"Patient/{pid}"},
-        "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org",
-                          "code": "/min"},
+        "valueQuantity": {
+            "value": 72,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
     }
 
 
@@ -65,17 +69,30 @@ def _claim(pid: str, insurer: str) -> dict:
     return {
         "resourceType": "Claim",
         "status": "active",
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type",
-                             "code": "professional"}]},
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                    "code": "professional",
+                }
+            ]
+        },
         "use": "claim",
         "patient": {"reference": f"Patient/{pid}"},
         "created": "2026-10-09",
         "insurer": {"reference": f"Organization/{insurer}"},
         "provider": {"reference": f"Organization/{XINGFU_THC}"},
-        "priority": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/processpriority",
-                                 "code": "normal"}]},
-        "insurance": [{"sequence": 1, "focal": True,
-                       "coverage": {"reference": f"Coverage/{pid}-cov"}}],
+        "priority": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/processpriority",
+                    "code": "normal",
+                }
+            ]
+        },
+        "insurance": [
+            {"sequence": 1, "focal": True, "coverage": {"reference": f"Coverage/{pid}-cov"}}
+        ],
     }
 
 
@@ -88,6 +105,7 @@ def _audit_rows(ctx, **where):  # type: ignore[no-untyped-def]
 
 
 # -- residents ------------------------------------------------------------------------------------
+
 
 def test_resident_reads_her_own_record_and_searches_only_hers(client, as_user):
     auth = as_user("resident.wang")
@@ -102,16 +120,21 @@ def test_resident_reads_her_own_record_and_searches_only_hers(client, as_user):
     observations = _search(client, auth, "Observation")
     assert observations["total"] == 2
     assert _ids(observations) == {f"{WANG}-bp1", f"{WANG}-glu1"}
-    assert all(e["resource"]["subject"]["reference"] == f"Patient/{WANG}"
-               for e in observations["entry"])
+    assert all(
+        e["resource"]["subject"]["reference"] == f"Patient/{WANG}" for e in observations["entry"]
+    )
     patients = _search(client, auth, "Patient")
     assert _ids(patients) == {WANG} and patients["total"] == 1
 
 
 def test_resident_cannot_see_another_resident_not_even_that_she_exists(client, as_user):
     auth = as_user("resident.wang")
-    for url in (f"/fhir/Patient/{ZHANG}", f"/fhir/Observation/{ZHANG}-bp1",
-                f"/fhir/Encounter/{ZHANG}-enc1", f"/fhir/Coverage/{ZHANG}-cov"):
+    for url in (
+        f"/fhir/Patient/{ZHANG}",
+        f"/fhir/Observation/{ZHANG}-bp1",
+        f"/fhir/Encounter/{ZHANG}-enc1",
+        f"/fhir/Coverage/{ZHANG}-cov",
+    ):
         response = client.get(url, headers=auth)
         # the same answer as for an id that does not exist at all
         assert response.status_code == 404, (url, response.status_code)
@@ -143,6 +166,7 @@ def test_resident_cannot_write(client, as_user):
 
 # -- township doctor ------------------------------------------------------------------------------
 
+
 def test_doctor_sees_the_patients_of_his_clinic_only(client, as_user):
     auth = as_user("doctor.xingfu")
     for pid in XINGFU_PATIENTS:
@@ -173,7 +197,8 @@ def test_doctor_reaches_a_patient_he_has_a_request_for(client, as_user, ctx):
     assert system_view.total == 2
 
     ctx.records.create(
-        SYSTEM, "ServiceRequest",
+        SYSTEM,
+        "ServiceRequest",
         _service_request(LIU, requester={"reference": "Practitioner/doctor-xingfu"}),
     )
     now = client.get(f"/fhir/Patient/{LIU}", headers=auth)
@@ -185,7 +210,8 @@ def test_doctor_reaches_a_patient_he_has_a_request_for(client, as_user, ctx):
     assert after.status_code == 201, after.text
     # a request by someone else does not open demo-zhang-guilan to him
     ctx.records.create(
-        SYSTEM, "ServiceRequest",
+        SYSTEM,
+        "ServiceRequest",
         _service_request(ZHANG, requester={"reference": "Practitioner/specialist-city"}),
     )
     assert client.get(f"/fhir/Patient/{ZHANG}", headers=auth).status_code == 404
@@ -204,6 +230,7 @@ def test_doctor_cannot_write_the_directory(client, as_user):
 
 
 # -- city specialist ------------------------------------------------------------------------------
+
 
 def test_specialist_sees_a_patient_once_a_request_is_routed_to_his_hospital(client, as_user, ctx):
     auth = as_user("specialist.city")
@@ -226,17 +253,24 @@ def test_specialist_sees_a_patient_once_a_request_is_routed_to_his_hospital(clie
 def test_specialist_sees_a_patient_through_a_task_owned_by_his_hospital(client, as_user, ctx):
     auth = as_user("specialist.city")
     assert client.get(f"/fhir/Patient/{ZHANG}", headers=auth).status_code == 404
-    ctx.records.create(SYSTEM, "Task", {
-        "resourceType": "Task", "status": "requested", "intent": "order",
-        "for": {"reference": f"Patient/{ZHANG}"},
-        "owner": {"reference": f"Organization/{CITY_FIRST}"},
-    })
+    ctx.records.create(
+        SYSTEM,
+        "Task",
+        {
+            "resourceType": "Task",
+            "status": "requested",
+            "intent": "order",
+            "for": {"reference": f"Patient/{ZHANG}"},
+            "owner": {"reference": f"Organization/{CITY_FIRST}"},
+        },
+    )
     assert client.get(f"/fhir/Patient/{ZHANG}", headers=auth).status_code == 200
     assert client.get(f"/fhir/Encounter/{ZHANG}-enc1", headers=auth).status_code == 200
     assert client.get(f"/fhir/Patient/{LIU}", headers=auth).status_code == 404
 
 
 # -- insurer --------------------------------------------------------------------------------------
+
 
 def test_insurer_reads_coverage_and_demographics_of_the_insured(client, as_user, ctx):
     auth = as_user("insurer.county")
@@ -257,8 +291,12 @@ def test_insurer_reads_coverage_and_demographics_of_the_insured(client, as_user,
 
 def test_insurer_does_not_see_uninsured_patients(client, as_user, ctx):
     auth = {**as_user("doctor.xingfu"), **FHIR}
-    body = {"resourceType": "Patient", "gender": "female", "birthDate": "1958-04-03",
-            "name": [{"text": "赵淑芬", "family": "赵", "given": ["淑芬"]}]}
+    body = {
+        "resourceType": "Patient",
+        "gender": "female",
+        "birthDate": "1958-04-03",
+        "name": [{"text": "赵淑芬", "family": "赵", "given": ["淑芬"]}],
+    }
     pid = client.post("/fhir/Patient", json=body, headers=auth).json()["id"]
     insurer = as_user("insurer.county")
     assert client.get(f"/fhir/Patient/{pid}", headers=insurer).status_code == 404
@@ -277,10 +315,15 @@ def test_insurer_does_not_see_claims_addressed_to_another_insurer(client, as_use
 
 # -- administrator --------------------------------------------------------------------------------
 
+
 def test_admin_manages_the_directory_and_reads_no_clinical_data(client, as_user):
     auth = {**as_user("admin"), **FHIR}
-    for url in (f"/fhir/Patient/{WANG}", "/fhir/Patient", f"/fhir/Observation/{WANG}-bp1",
-                "/fhir/Observation"):
+    for url in (
+        f"/fhir/Patient/{WANG}",
+        "/fhir/Patient",
+        f"/fhir/Observation/{WANG}-bp1",
+        "/fhir/Observation",
+    ):
         refused = client.get(url, headers=auth)
         assert refused.status_code == 403, (url, refused.status_code)
     assert client.get(f"/fhir/Organization/{CITY_FIRST}", headers=auth).status_code == 200
@@ -289,8 +332,12 @@ def test_admin_manages_the_directory_and_reads_no_clinical_data(client, as_user)
     audit = _search(client, auth, "AuditEvent")
     assert audit["total"] >= 1
 
-    new_org = {"resourceType": "Organization", "name": "南湾村卫生室", "active": True,
-               "partOf": {"reference": f"Organization/{XINGFU_THC}"}}
+    new_org = {
+        "resourceType": "Organization",
+        "name": "南湾村卫生室",
+        "active": True,
+        "partOf": {"reference": f"Organization/{XINGFU_THC}"},
+    }
     created = client.post("/fhir/Organization", json=new_org, headers=auth)
     assert created.status_code == 201, created.text
     oid = created.json()["id"]
@@ -302,11 +349,13 @@ def test_admin_cannot_read_clinical_data_through_system_history(client, as_user)
     response = client.get("/fhir/_history", headers=auth)
     assert response.status_code == 403, [
         f"{e['resource']['resourceType']}/{e['resource']['id']}"
-        for e in response.json().get("entry", []) if "resource" in e
+        for e in response.json().get("entry", [])
+        if "resource" in e
     ][:5]
 
 
 # -- AuditEvent -----------------------------------------------------------------------------------
+
 
 def test_resident_reads_only_audit_events_about_herself(client, as_user):
     wang = as_user("resident.wang")
@@ -364,6 +413,7 @@ def test_doctor_may_not_read_audit_events(client, as_user):
 
 # -- refusals are audited -------------------------------------------------------------------------
 
+
 def test_a_resident_404_is_in_the_audit_log(client, as_user, ctx):
     wang = as_user("resident.wang")
     assert client.get(f"/fhir/Patient/{ZHANG}", headers=wang).status_code == 404
@@ -387,8 +437,12 @@ def test_every_403_is_in_the_audit_log(client, as_user, ctx):
     attempts = [
         ("resident.wang", "POST", "/fhir/Observation", _observation(WANG)),
         ("doctor.xingfu", "GET", "/fhir/AuditEvent", None),
-        ("doctor.xingfu", "POST", "/fhir/Organization", {"resourceType": "Organization",
-                                                          "name": "x"}),
+        (
+            "doctor.xingfu",
+            "POST",
+            "/fhir/Organization",
+            {"resourceType": "Organization", "name": "x"},
+        ),
         ("insurer.county", "GET", "/fhir/Observation", None),
         ("admin", "GET", f"/fhir/Patient/{WANG}", None),
         ("doctor.xingfu", "POST", "/fhir/Observation", _observation(LIU)),
@@ -403,8 +457,7 @@ def test_every_403_is_in_the_audit_log(client, as_user, ctx):
 
     admin = as_user("admin")
     all_refused = _search(client, admin, "AuditEvent", outcome="4")
-    agents = {e["resource"]["agent"][0]["who"]["identifier"]["value"]
-              for e in all_refused["entry"]}
+    agents = {e["resource"]["agent"][0]["who"]["identifier"]["value"] for e in all_refused["entry"]}
     assert agents == {"resident.wang", "doctor.xingfu", "insurer.county", "admin"}
     assert all_refused["total"] == len(attempts)
     successes = _search(client, admin, "AuditEvent", outcome="0", agent="admin")

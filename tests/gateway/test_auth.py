@@ -55,6 +55,7 @@ def lab_client(demo: Context) -> Context:
 
 # -- password grant -------------------------------------------------------------------------------
 
+
 def test_password_grant_gives_a_bearer_token_for_the_fhir_api(client, demo):
     response = _password_grant(client, "doctor.xingfu", DEMO_PASSWORD)
     assert response.status_code == 200, response.text
@@ -92,8 +93,9 @@ def test_wrong_password_is_invalid_grant_and_audited(client, demo):
 
 def test_refused_login_is_visible_to_the_admin_as_an_audit_event(client, demo, as_user):
     _password_grant(client, "resident.wang", "guess-guess")
-    bundle = client.get("/fhir/AuditEvent", params={"action": "login", "outcome": "4"},
-                        headers=as_user("admin")).json()
+    bundle = client.get(
+        "/fhir/AuditEvent", params={"action": "login", "outcome": "4"}, headers=as_user("admin")
+    ).json()
     assert bundle["total"] == 1
     event = bundle["entry"][0]["resource"]
     assert event["agent"][0]["who"]["identifier"]["value"] == "resident.wang"
@@ -102,8 +104,9 @@ def test_refused_login_is_visible_to_the_admin_as_an_audit_event(client, demo, a
 
 
 def test_token_request_errors(client, demo):
-    unsupported = client.post("/auth/token", data={"grant_type": "authorization_code",
-                                                   "code": "abc"})
+    unsupported = client.post(
+        "/auth/token", data={"grant_type": "authorization_code", "code": "abc"}
+    )
     assert unsupported.status_code == 400
     assert unsupported.json()["error"] == "unsupported_grant_type"
     missing = client.post("/auth/token", data={"grant_type": "password", "username": "admin"})
@@ -116,9 +119,13 @@ def test_token_request_errors(client, demo):
 
 # -- client_credentials ---------------------------------------------------------------------------
 
+
 def test_client_credentials_with_http_basic(client, lab_client):
-    response = client.post("/auth/token", data={"grant_type": "client_credentials"},
-                           headers=_basic(CLIENT_ID, CLIENT_SECRET))
+    response = client.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers=_basic(CLIENT_ID, CLIENT_SECRET),
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["token_type"] == "Bearer" and body["role"] == "township_doctor"
@@ -130,16 +137,24 @@ def test_client_credentials_with_http_basic(client, lab_client):
 
 
 def test_client_credentials_in_the_form(client, lab_client):
-    response = client.post("/auth/token", data={"grant_type": "client_credentials",
-                                                "client_id": CLIENT_ID,
-                                                "client_secret": CLIENT_SECRET})
+    response = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        },
+    )
     assert response.status_code == 200, response.text
     assert lab_client.tokens.verify(response.json()["access_token"]).username == CLIENT_ID
 
 
 def test_client_with_a_wrong_secret_is_invalid_client(client, lab_client):
-    response = client.post("/auth/token", data={"grant_type": "client_credentials"},
-                           headers=_basic(CLIENT_ID, "secret-wrong"))
+    response = client.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers=_basic(CLIENT_ID, "secret-wrong"),
+    )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     assert response.headers["www-authenticate"].startswith("Basic")
@@ -147,8 +162,11 @@ def test_client_with_a_wrong_secret_is_invalid_client(client, lab_client):
 
 
 def test_a_person_cannot_use_client_credentials(client, demo):
-    response = client.post("/auth/token", data={"grant_type": "client_credentials"},
-                           headers=_basic("doctor.xingfu", DEMO_PASSWORD))
+    response = client.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers=_basic("doctor.xingfu", DEMO_PASSWORD),
+    )
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
     assert "access_token" not in response.json()
@@ -163,6 +181,7 @@ def test_a_client_cannot_use_the_password_grant(client, lab_client):
 
 
 # -- token integrity ------------------------------------------------------------------------------
+
 
 def test_tampered_tokens_are_rejected(client, demo):
     token = _password_grant(client, "resident.wang", DEMO_PASSWORD).json()["access_token"]
@@ -180,12 +199,15 @@ def test_tampered_tokens_are_rejected(client, demo):
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["role"] = "system"
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    escalated = client.get("/fhir/Patient/demo-zhang-guilan",
-                           headers={"Authorization": f"Bearer {header}.{forged}.{signature}"})
+    escalated = client.get(
+        "/fhir/Patient/demo-zhang-guilan",
+        headers={"Authorization": f"Bearer {header}.{forged}.{signature}"},
+    )
     assert escalated.status_code == 401
 
 
 # -- the yilian command ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
@@ -216,8 +238,17 @@ def test_cli_demo_prints_the_fixed_user_names(cli):
 
 
 def test_cli_users_add_then_token(cli):
-    added = cli("users", "add", "nurse.a", "--role", "township_doctor", "--org", "XINGFU_THC",
-                "--password", "pass-12345")
+    added = cli(
+        "users",
+        "add",
+        "nurse.a",
+        "--role",
+        "township_doctor",
+        "--org",
+        "XINGFU_THC",
+        "--password",
+        "pass-12345",
+    )
     assert added.exit_code == 0, added.output
     assert "pass-12345" not in added.output  # a given password is not echoed
 
@@ -247,8 +278,20 @@ def test_cli_token_for_an_unknown_user_fails(cli):
 
 def test_cli_audit_verify_detects_an_altered_record(cli):
     assert cli("demo").exit_code == 0
-    assert cli("users", "add", "nurse.a", "--role", "township_doctor", "--org", "XINGFU_THC",
-               "--password", "pass-12345").exit_code == 0
+    assert (
+        cli(
+            "users",
+            "add",
+            "nurse.a",
+            "--role",
+            "township_doctor",
+            "--org",
+            "XINGFU_THC",
+            "--password",
+            "pass-12345",
+        ).exit_code
+        == 0
+    )
     for _ in range(3):
         assert cli("token", "--user", "nurse.a").exit_code == 0
 

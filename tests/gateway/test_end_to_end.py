@@ -48,7 +48,7 @@ def fresh_database(tmp_path: Path) -> Iterator[str]:
     name = f"yilian_e2e_{uuid.uuid4().hex[:10]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" ENCODING \'UTF8\''))
+        conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
     try:
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
@@ -75,7 +75,9 @@ def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"yilian serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"yilian serve exited early: {proc.stderr.read() if proc.stderr else ''}"
+            )
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
@@ -86,8 +88,10 @@ def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
 
 
 def _token(base: str, username: str) -> dict[str, str]:
-    response = httpx.post(f"{base}/auth/token", data={
-        "grant_type": "password", "username": username, "password": DEMO_PASSWORD})
+    response = httpx.post(
+        f"{base}/auth/token",
+        data={"grant_type": "password", "username": username, "password": DEMO_PASSWORD},
+    )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
@@ -96,23 +100,34 @@ def test_new_user_story(env: dict[str, str], tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{env['YILIAN_HTTP_PORT']}"
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([*YILIAN, "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                text=True)
+        proc = subprocess.Popen(
+            [*YILIAN, "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+        )
     try:
         _wait_ready(base, proc)
         demo = _yilian(env, "demo")  # after serve, on the same data dir
         assert demo.returncode == 0, demo.stderr
-        for name in ("doctor.xingfu", "specialist.city", "insurer.county", "admin", "resident.wang"):
+        for name in (
+            "doctor.xingfu",
+            "specialist.city",
+            "insurer.county",
+            "admin",
+            "resident.wang",
+        ):
             assert name in demo.stdout
 
         doctor = _token(base, "doctor.xingfu")
         fhir = {**doctor, "Content-Type": "application/fhir+json"}
         number = resident_id("411325", "1983-06-18", "244")  # female: even sequence
         bad = number[:17] + ("0" if number[17] != "0" else "1")
-        patient = {"resourceType": "Patient", "gender": "female", "birthDate": "1983-06-18",
-                   "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": bad}],
-                   "name": [{"text": "周晓燕", "family": "周", "given": ["晓燕"]}],
-                   "address": [{"text": "幸福镇桃园村四组"}]}
+        patient = {
+            "resourceType": "Patient",
+            "gender": "female",
+            "birthDate": "1983-06-18",
+            "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": bad}],
+            "name": [{"text": "周晓燕", "family": "周", "given": ["晓燕"]}],
+            "address": [{"text": "幸福镇桃园村四组"}],
+        }
         refused = httpx.post(f"{base}/fhir/Patient", json=patient, headers=fhir)
         assert refused.status_code == 422
         outcome = refused.json()
@@ -126,11 +141,16 @@ def test_new_user_story(env: dict[str, str], tmp_path: Path) -> None:
         assert_r4(created.json())
         pid = created.json()["id"]
 
-        by_ident = httpx.get(f"{base}/fhir/Patient", headers=doctor,
-                             params={"identifier": f"{RESIDENT_ID_SYSTEM}|{number}"}).json()
+        by_ident = httpx.get(
+            f"{base}/fhir/Patient",
+            headers=doctor,
+            params={"identifier": f"{RESIDENT_ID_SYSTEM}|{number}"},
+        ).json()
         assert [e["resource"]["id"] for e in by_ident["entry"]] == [pid]
         by_name = httpx.get(f"{base}/fhir/Patient", headers=doctor, params={"name": "周晓燕"})
-        assert "周晓燕".encode() in by_name.content and "幸福镇桃园村四组".encode() in by_name.content
+        assert (
+            "周晓燕".encode() in by_name.content and "幸福镇桃园村四组".encode() in by_name.content
+        )
         assert [e["resource"]["id"] for e in by_name.json()["entry"]] == [pid]
 
         other = httpx.get(f"{base}/fhir/Patient/{pid}", headers=_token(base, "resident.wang"))
@@ -142,11 +162,15 @@ def test_new_user_story(env: dict[str, str], tmp_path: Path) -> None:
 
         engine = create_engine(env["YILIAN_DATABASE_URL"])
         with engine.begin() as conn:
-            seq = conn.execute(text(
-                "SELECT min(seq) FROM audit_record WHERE action = 'create' AND outcome = 'success'"
-            )).scalar_one()
-            conn.execute(text("UPDATE audit_record SET actor = 'someone.else' WHERE seq = :s"),
-                         {"s": seq})
+            seq = conn.execute(
+                text(
+                    "SELECT min(seq) FROM audit_record"
+                    " WHERE action = 'create' AND outcome = 'success'"
+                )
+            ).scalar_one()
+            conn.execute(
+                text("UPDATE audit_record SET actor = 'someone.else' WHERE seq = :s"), {"s": seq}
+            )
         engine.dispose()
         broken = _yilian(env, "audit", "verify")
         assert broken.returncode == 1

@@ -44,7 +44,9 @@ def test_create_read_update_history_vread(client, as_user):
     changed = {**read.json(), "telecom": [{"system": "phone", "value": "13900000001"}]}
     stale = client.put(f"/fhir/Patient/{pid}", json=changed, headers={**auth, "If-Match": 'W/"7"'})
     assert stale.status_code == 412
-    updated = client.put(f"/fhir/Patient/{pid}", json=changed, headers={**auth, "If-Match": 'W/"1"'})
+    updated = client.put(
+        f"/fhir/Patient/{pid}", json=changed, headers={**auth, "If-Match": 'W/"1"'}
+    )
     assert updated.status_code == 200, updated.text
     assert updated.json()["meta"]["versionId"] == "2"
 
@@ -85,7 +87,9 @@ def test_invalid_resident_id_is_refused_naming_field_and_reason(client, as_user)
     assert other_birth.status_code == 422
     assert "Patient.birthDate" in other_birth.json()["issue"][0]["expression"]
 
-    wrong_sex = client.post("/fhir/Patient", json={**_patient(good), "gender": "male"}, headers=auth)
+    wrong_sex = client.post(
+        "/fhir/Patient", json={**_patient(good), "gender": "male"}, headers=auth
+    )
     assert wrong_sex.status_code == 422
     assert "Patient.gender" in wrong_sex.json()["issue"][0]["expression"]
 
@@ -111,8 +115,9 @@ def test_structural_errors_are_operation_outcomes(client, as_user):
     assert unknown_element.status_code == 422
     unknown_type = client.get("/fhir/Spaceship", headers=auth)
     assert unknown_type.status_code == 400
-    id_mismatch = client.put("/fhir/Patient/abc", json={"resourceType": "Patient", "id": "xyz"},
-                             headers=auth)
+    id_mismatch = client.put(
+        "/fhir/Patient/abc", json={"resourceType": "Patient", "id": "xyz"}, headers=auth
+    )
     assert id_mismatch.status_code == 400
 
 
@@ -137,11 +142,29 @@ def test_metadata_is_public_and_lists_what_is_implemented(client):
     statement = response.json()
     assert statement["fhirVersion"] == "4.0.1"
     types = {r["type"]: r for r in statement["rest"][0]["resource"]}
-    for required in ["Patient", "Practitioner", "PractitionerRole", "Organization", "Endpoint",
-                     "HealthcareService", "Encounter", "Observation", "DiagnosticReport",
-                     "ServiceRequest", "Task", "ImagingStudy", "DocumentReference", "Appointment",
-                     "Coverage", "Claim", "ClaimResponse", "Consent", "Provenance", "Binary",
-                     "AuditEvent"]:
+    for required in [
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+        "Endpoint",
+        "HealthcareService",
+        "Encounter",
+        "Observation",
+        "DiagnosticReport",
+        "ServiceRequest",
+        "Task",
+        "ImagingStudy",
+        "DocumentReference",
+        "Appointment",
+        "Coverage",
+        "Claim",
+        "ClaimResponse",
+        "Consent",
+        "Provenance",
+        "Binary",
+        "AuditEvent",
+    ]:
         assert required in types
     audit_interactions = {i["code"] for i in types["AuditEvent"]["interaction"]}
     assert audit_interactions == {"read", "search-type"}
@@ -150,8 +173,12 @@ def test_metadata_is_public_and_lists_what_is_implemented(client):
 
 
 def test_every_fhir_call_needs_a_token(client, demo):
-    for method, url in [("GET", "/fhir/Patient"), ("GET", "/fhir/Patient/x"),
-                        ("POST", "/fhir/Patient"), ("POST", "/fhir")]:
+    for method, url in [
+        ("GET", "/fhir/Patient"),
+        ("GET", "/fhir/Patient/x"),
+        ("POST", "/fhir/Patient"),
+        ("POST", "/fhir"),
+    ]:
         response = client.request(method, url)
         assert response.status_code == 401, url
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -166,10 +193,16 @@ def test_binary_is_served_natively_when_asked(client, as_user):
 
     auth = {**as_user("doctor.xingfu"), **FHIR}
     pdf = b"%PDF-1.4\n% \xe5\xbf\x83\xe7\x94\xb5\xe5\x9b\xbe report\n"
-    created = client.post("/fhir/Binary", json={
-        "resourceType": "Binary", "contentType": "application/pdf",
-        "securityContext": {"reference": "Patient/demo-wang-xiuying"},
-        "data": base64.b64encode(pdf).decode()}, headers=auth)
+    created = client.post(
+        "/fhir/Binary",
+        json={
+            "resourceType": "Binary",
+            "contentType": "application/pdf",
+            "securityContext": {"reference": "Patient/demo-wang-xiuying"},
+            "data": base64.b64encode(pdf).decode(),
+        },
+        headers=auth,
+    )
     assert created.status_code == 201, created.text
     bid = created.json()["id"]
     native = client.get(f"/fhir/Binary/{bid}", headers={**auth, "Accept": "application/pdf"})

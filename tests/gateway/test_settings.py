@@ -29,7 +29,9 @@ def test_defaults_are_the_ones_design_promises() -> None:
     assert settings.resolved_database_url.endswith("/var/yilian.db")
 
 
-def test_environment_wins_over_the_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_wins_over_the_toml_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "yilian.toml"
     config.write_text('http_port = 9000\nmllp_port = 3000\ndicom_ae = "COUNTY"\n')
     monkeypatch.setenv("YILIAN_HTTP_PORT", "9100")
