@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.context import Context
 from gateway.fhirhttp import error_response, outcome_response
+from gateway.listeners import Listeners
 from gateway.observability import Metrics, RequestLog
-from gateway.routers import auth, fhir, health, pages
+from gateway.routers import admin, auth, fhir, health, hl7, pages
 from gateway.settings import Settings
 from records.errors import FhirError
 
@@ -27,14 +28,17 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = ctx is None
-        app.state.ctx = ctx or Context.build(settings)
+        app.state.ctx = context = ctx or Context.build(settings)
+        listeners = Listeners(context)
+        await listeners.start()
+        app.state.mllp = listeners.mllp
         log.info("gateway ready", extra={"http_port": settings.http_port})
-        # Later issues start the MLLP listener, the DICOM SCP and the delivery workers here.
         try:
             yield
         finally:
+            await listeners.stop()
             if own:
-                app.state.ctx.close()
+                context.close()
             log.info("gateway stopped")
 
     app = FastAPI(
@@ -76,6 +80,8 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(fhir.router)
+    app.include_router(hl7.router)
+    app.include_router(admin.router)
     app.include_router(pages.router)
     return app
 

@@ -230,6 +230,85 @@ def audit_verify(config: Path | None) -> None:
 
 
 @main.group()
+def hl7() -> None:
+    """The archive of received HL7 v2 messages."""
+
+
+@hl7.command("list")
+@click.option("--outcome", type=click.Choice(["accepted", "accepted-with-warnings", "rejected",
+                                              "failed"]), default=None)
+@click.option("--limit", default=50, show_default=True)
+@config_option
+def hl7_list(outcome: str | None, limit: int, config: Path | None) -> None:
+    """List archived messages, newest first."""
+    from records import inbound
+
+    ctx = _context(config)
+    try:
+        with ctx.engine.connect() as conn:
+            total, rows = inbound.listing(conn, protocol="hl7v2", outcome=outcome, limit=limit)
+    finally:
+        ctx.close()
+    click.echo(f"{total} message(s)")
+    for row in rows:
+        click.echo(f"{row.id}  {row.received:%Y-%m-%d %H:%M:%S}  {row.outcome:<22} "
+                   f"{row.ack_code or '--':<2}  {row.message_type or '?':<10} "
+                   f"{row.sender or '?'}  {row.control_id or ''}")
+
+
+@hl7.command("show")
+@click.argument("archive_id")
+@config_option
+def hl7_show(archive_id: str, config: Path | None) -> None:
+    """Show one archived message: outcome, warnings, the message and the ACK sent."""
+    from gateway.routers.admin import detail
+    from records import inbound
+
+    ctx = _context(config)
+    try:
+        with ctx.engine.connect() as conn:
+            row = inbound.get(conn, archive_id)
+    finally:
+        ctx.close()
+    if row is None:
+        raise click.ClickException(f"no archived message {archive_id}")
+    shown = detail(row)
+    for key in ("id", "received", "origin", "sender", "control_id", "message_type", "version",
+                "charset", "outcome", "ack_code", "error", "attempts"):
+        click.echo(f"{key:>13}: {shown[key]}")
+    for warning in shown["warnings"]:
+        click.echo(f"      warning: {warning}")
+    for ref in shown["resources"]:
+        click.echo(f"     resource: {ref}")
+    click.echo("--- message")
+    click.echo((shown["message"] or "").replace("\r", "\n"))
+    click.echo("--- ack")
+    click.echo((shown["ack"] or "(none)").replace("\r", "\n"))
+
+
+@hl7.command("reprocess")
+@click.argument("archive_id")
+@config_option
+def hl7_reprocess(archive_id: str, config: Path | None) -> None:
+    """Run an archived message through the ingest again."""
+    from security.principal import Principal, Role
+
+    ctx = _context(config)
+    try:
+        operator = Principal("operator-cli", Role.SYSTEM, source="cli")
+        reply = ctx.hl7.reprocess(archive_id, operator)
+    finally:
+        ctx.close()
+    if reply is None:
+        raise click.ClickException(f"no archived HL7 message {archive_id}")
+    click.echo(f"{archive_id}: {reply.outcome} ({reply.code or 'no ACK requested'})")
+    if reply.error:
+        click.echo(f"error: {reply.error}")
+    if reply.outcome in ("rejected", "failed"):
+        sys.exit(1)
+
+
+@main.group()
 def db() -> None:
     """The database schema."""
 

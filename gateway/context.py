@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from adapters.hl7v2.ingest import Hl7Ingest
+from adapters.hl7v2.ingest import Settings as IngestSettings
 from gateway.settings import Settings
 from records import db
 from records.service import RecordService
@@ -19,6 +22,9 @@ class Context:
     engine: Engine
     records: RecordService
     tokens: TokenIssuer
+    hl7: Hl7Ingest
+    # blocking work of the listeners (parsing, mapping, database) runs on these threads
+    executor: ThreadPoolExecutor = field(repr=False, default_factory=ThreadPoolExecutor)
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Context:
@@ -36,7 +42,17 @@ class Context:
         )
         key = load_or_create_signing_key(settings.keys_dir)
         tokens = TokenIssuer(key, settings.token_issuer, settings.token_ttl_seconds)
-        return cls(settings, engine, records, tokens)
+        hl7 = Hl7Ingest(
+            records,
+            IngestSettings(
+                max_bytes=settings.hl7_max_bytes,
+                default_tz=settings.hl7_default_tz,
+                sender_charsets=settings.hl7_sender_charsets,
+            ),
+        )
+        executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")
+        return cls(settings, engine, records, tokens, hl7, executor)
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True)
         self.engine.dispose()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,11 +37,49 @@ class Settings(BaseSettings):
     page_size_default: int = Field(default=20, ge=1, le=1000)
     page_size_max: int = Field(default=500, ge=1, le=10000)
 
+    # HL7 v2 over MLLP. TLS when cert and key are set; with a CA, client certificates are
+    # required and their common name names the sending Organization (e.g. XINGFU_THC).
+    mllp_enabled: bool = True
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
+    hl7_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    mllp_idle_timeout: float = Field(default=300.0, gt=0)
+    mllp_frame_timeout: float = Field(default=30.0, gt=0)
+    # Time zone of local times in messages that carry none (China Standard Time).
+    hl7_default_tz: str = Field(default="+08:00", pattern=r"^[+-]\d{2}:\d{2}$")
+    # Character set per sending facility (MSH-4) for senders that leave MSH-18 empty.
+    hl7_sender_charsets: dict[str, str] = Field(default_factory=dict)
+    ingest_threads: int = Field(default=8, ge=1, le=64)
+
     @field_validator("dicom_ae")
     @classmethod
     def _ae_title(cls, value: str) -> str:
         if not value.isascii() or "\\" in value or value != value.strip():
             raise ValueError("AE title must be up to 16 ASCII characters without backslash")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.mllp_tls_cert) != bool(self.mllp_tls_key):
+            raise ValueError("mllp_tls_cert and mllp_tls_key go together: set both or neither")
+        if self.mllp_tls_client_ca and not self.mllp_tls_cert:
+            raise ValueError("mllp_tls_client_ca needs mllp_tls_cert and mllp_tls_key")
+        return self
+
+    @field_validator("hl7_sender_charsets")
+    @classmethod
+    def _charsets(cls, value: dict[str, str]) -> dict[str, str]:
+        import codecs
+
+        for facility, name in value.items():
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ValueError(
+                    f"hl7_sender_charsets: {facility} = '{name}' is not a known "
+                    "character set (try gb18030, gbk, utf-8)"
+                ) from None
         return value
 
     @field_validator("log_level")

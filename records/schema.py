@@ -18,6 +18,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -162,3 +163,43 @@ app_user = Table(
     Column("active", Boolean, nullable=False, default=True),
     Column("created", DateTime(timezone=True), nullable=False),
 )
+
+# Every inbound message or object (HL7 v2 now, DICOM later) with its outcome: nothing is
+# silently dropped (DESIGN.md rule 3). The raw bytes are kept for the operator to read and
+# reprocess. (sender, control_id) finds a repeated HL7 message.
+inbound_message = Table(
+    "inbound_message",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("protocol", String(16), nullable=False),  # hl7v2 | dicom
+    Column("origin", String(16), nullable=False),  # mllp | http | dicom | stow
+    Column("received", DateTime(timezone=True), nullable=False),
+    Column("sender", String(255), nullable=True),  # "APP|FACILITY" for HL7
+    Column("organization", String(ID), nullable=True),  # the registered sending Organization
+    Column("control_id", String(199), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("message_type", String(32), nullable=True),  # ORU^R01
+    Column("version", String(16), nullable=True),
+    Column("charset", String(32), nullable=True),
+    Column("raw", LargeBinary, nullable=False),
+    # accepted | accepted-with-warnings | rejected | failed
+    Column("outcome", String(32), nullable=False),
+    Column("ack_code", String(2), nullable=True),  # AA AE AR CA CE CR
+    Column("ack", LargeBinary, nullable=True),
+    Column("warnings", Text, nullable=False, default="[]"),  # JSON list of strings
+    Column("error", Text, nullable=True),
+    Column("resources", Text, nullable=False, default="[]"),  # JSON list of "Type/id"
+    Column("patient_id", String(ID), nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ux_inbound_control",
+    inbound_message.c.protocol,
+    inbound_message.c.sender,
+    inbound_message.c.control_id,
+    inbound_message.c.content_hash,
+    unique=True,
+)
+Index("ix_inbound_received", inbound_message.c.received)
+Index("ix_inbound_outcome", inbound_message.c.outcome, inbound_message.c.received)

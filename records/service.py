@@ -573,48 +573,63 @@ class RecordService:
         return list(out.values())
 
     def merge(self, who: Principal, source_id: str, target_id: str) -> Stored:
-        """Merge a duplicate Patient into the surviving one, keeping every version.
-
-        The source is marked inactive and linked ``replaced-by`` the target; the target gets a
-        ``replaces`` link; every resource in the source's compartment is re-pointed at the target
-        as a new version, so history shows what it was before.
-        """
-        if source_id == target_id:
-            raise Invalid("source and target of a merge must be different Patients")
+        """Merge a duplicate Patient into the surviving one, keeping every version."""
 
         def work(conn: Connection) -> tuple[Stored, list[Event]]:
-            scope = self.scope(who, "Patient", Action.UPDATE)
-            source = self._visible_current(conn, "Patient", source_id, scope)
-            target = self._visible_current(conn, "Patient", target_id, scope)
-            moved = []
-            rows = conn.execute(
-                select(resource.c.res_type, resource.c.res_id).where(
-                    resource.c.patient_id == source_id,
-                    resource.c.deleted.is_(False),
-                    resource.c.res_type != "Patient",
-                )
-            ).all()
-            for rtype, rid in rows:
-                body = store.current(conn, rtype, rid).json()  # type: ignore[union-attr]
-                store.write(conn, rtype, rid, _repoint(body, source_id, target_id), "PUT")
-                moved.append(f"{rtype}/{rid}")
-            src = source.json()
-            src["active"] = False
-            src["link"] = [
-                *[x for x in src.get("link", []) if x.get("type") != "replaced-by"],
-                {"other": {"reference": f"Patient/{target_id}"}, "type": "replaced-by"},
-            ]
-            store.write(conn, "Patient", source_id, src, "PUT")
-            tgt = target.json()
-            tgt["link"] = [
-                *tgt.get("link", []),
-                {"other": {"reference": f"Patient/{source_id}"}, "type": "replaces"},
-            ]
-            result = store.write(conn, "Patient", target_id, tgt, "PUT")
+            result, moved = self.merge_in(conn, who, source_id, target_id)
             refs = (f"Patient/{source_id}", f"Patient/{target_id}", *moved)
             return result, [Event("merge", refs, (source_id, target_id))]
 
         return self.run(who, "merge", work, about=[f"Patient/{source_id}", f"Patient/{target_id}"])
+
+    def merge_in(
+        self, conn: Connection, who: Principal, source_id: str, target_id: str
+    ) -> tuple[Stored, list[str]]:
+        """The source is marked inactive and linked ``replaced-by`` the target; the target gets a
+        ``replaces`` link; every resource in the source's compartment is re-pointed at the target
+        as a new version, so history shows what it was before."""
+        if source_id == target_id:
+            raise Invalid("source and target of a merge must be different Patients")
+        scope = self.scope(who, "Patient", Action.UPDATE)
+        source = self._visible_current(conn, "Patient", source_id, scope)
+        target = self._visible_current(conn, "Patient", target_id, scope)
+        moved = []
+        rows = conn.execute(
+            select(resource.c.res_type, resource.c.res_id).where(
+                resource.c.patient_id == source_id,
+                resource.c.deleted.is_(False),
+                resource.c.res_type != "Patient",
+            )
+        ).all()
+        for rtype, rid in rows:
+            body = store.current(conn, rtype, rid).json()  # type: ignore[union-attr]
+            store.write(conn, rtype, rid, _repoint(body, source_id, target_id), "PUT")
+            moved.append(f"{rtype}/{rid}")
+        src = source.json()
+        src["active"] = False
+        src["link"] = [
+            *[x for x in src.get("link", []) if x.get("type") != "replaced-by"],
+            {"other": {"reference": f"Patient/{target_id}"}, "type": "replaced-by"},
+        ]
+        store.write(conn, "Patient", source_id, src, "PUT")
+        tgt = target.json()
+        tgt["link"] = [
+            *tgt.get("link", []),
+            {"other": {"reference": f"Patient/{source_id}"}, "type": "replaces"},
+        ]
+        return store.write(conn, "Patient", target_id, tgt, "PUT"), moved
+
+    def find_by_identifier(
+        self, conn: Connection, rtype: str, system: str, value: str
+    ) -> list[Stored]:
+        """Live resources of a type carrying an identifier (no access rules: for system use)."""
+        t = search_token
+        ids = select(t.c.res_id).where(
+            t.c.res_type == rtype, t.c.param == "identifier", t.c.system == system,
+            t.c.code == value,
+        )
+        rows = conn.execute(query.base_query(rtype).where(resource.c.res_id.in_(ids)))
+        return [Stored(*row) for row in rows]
 
     # -- AuditEvent (read-only view of the audit chain) --------------------------------------
 

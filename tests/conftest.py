@@ -50,7 +50,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, database_url=database_url)
+    return Settings(data_dir=data_dir, database_url=database_url, mllp_port=0)
 
 
 @pytest.fixture(scope="session")

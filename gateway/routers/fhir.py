@@ -192,7 +192,8 @@ def _native_binary(stored: Stored) -> Response:
     except (binascii.Error, ValueError):
         raise Invalid(f"Binary/{stored.res_id} holds data that is not base64") from None
     return Response(
-        data, media_type=body.get("contentType", "application/octet-stream"),
+        data,
+        media_type=body.get("contentType", "application/octet-stream"),
         headers={"ETag": stored.etag},
     )
 

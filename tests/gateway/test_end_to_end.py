@@ -64,6 +64,7 @@ def env(tmp_path: Path, fresh_database: str) -> dict[str, str]:
         "YILIAN_DATA_DIR": str(tmp_path / "var"),
         "YILIAN_DATABASE_URL": fresh_database,
         "YILIAN_HTTP_PORT": str(_free_port()),
+        "YILIAN_MLLP_PORT": str(_free_port()),
     }
 
 

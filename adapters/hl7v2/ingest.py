@@ -1,0 +1,531 @@
+"""The one core service every HL7 v2 listener calls (MLLP, HTTP, reprocess).
+
+receive(raw) -> Reply: parse, check the sender, detect a repeat, translate, then in one unit of
+work write the resources, their Provenance, the archived message with its outcome and ACK, and
+the audit record. The ACK is returned only after that commit. A refusal is a value (AE/AR with
+ERR segments naming segment and field, archived as rejected); an infrastructure fault is an
+exception, on which the listener closes the connection without an ACK so the sender retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from adapters.hl7v2 import ack
+from adapters.hl7v2.errors import (
+    DUPLICATE_KEY,
+    INTERNAL_ERROR,
+    UNKNOWN_KEY,
+    UNSUPPORTED_MESSAGE_TYPE,
+    UNSUPPORTED_PROCESSING_ID,
+    UNSUPPORTED_VERSION,
+    Hl7Error,
+    Location,
+)
+from adapters.hl7v2.mapping import adt, oru
+from adapters.hl7v2.mapping.datatypes import dtm
+from adapters.hl7v2.mapping.translation import Context, Translation
+from adapters.hl7v2.message import Message, parse
+from records import audit_log, fhirdates, inbound
+from records.audit_log import Event
+from records.errors import FhirError
+from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
+from records.service import RecordService
+from records.store import Stored
+from security.principal import Principal, Role
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "hl7v2"
+MAPPERS = {"ADT": adt.translate, "ORU": oru.translate}
+_VERSION = re.compile(r"^2\.[2-8](\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message came from: the listener, the peer, and who vouches for the sender."""
+
+    channel: str  # mllp | http | reprocess
+    peer: str | None = None
+    organization: str | None = None  # from a client certificate or an authenticated token
+
+
+@dataclass
+class Reply:
+    ack: bytes | None  # None: the sender asked for no acknowledgment (enhanced mode)
+    code: str | None
+    outcome: str
+    archive_id: str
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Settings:
+    max_bytes: int = 4 * 1024 * 1024
+    default_tz: str = "+08:00"
+    sender_charsets: dict[str, str] = field(default_factory=dict)  # MSH-4 code -> codec
+
+
+class Hl7Ingest:
+    def __init__(self, records: RecordService, settings: Settings | None = None) -> None:
+        self.records = records
+        self.settings = settings or Settings()
+
+    # -- the whole path --------------------------------------------------------------------
+
+    def receive(self, raw: bytes, origin: Origin, *, archive_id: str | None = None) -> Reply:
+        digest = hashlib.sha256(raw).hexdigest()
+        header = _header_guess(raw)
+        try:
+            message = self._parse(raw, header)
+            header = _header(message)
+            organization = self._check_sender(message, origin)
+            repeat = self._repeat(header, digest, archive_id)
+            if repeat is not None:
+                return repeat
+            translation = self._translate(message, organization)
+        except Hl7Error as refusal:
+            return self._refuse(raw, digest, header, origin, refusal, archive_id)
+        return self._commit(raw, digest, header, origin, message, translation, archive_id)
+
+    def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
+        """Run an archived message through the ingest again (after a sender was registered
+        or a mapping fixed); the archive row keeps its id and counts the attempt."""
+        with self.records.engine.connect() as conn:
+            found = inbound.get(conn, archive_id)
+        if found is None or found.protocol != PROTOCOL or found.raw is None:
+            return None
+        self.records.audit(who, Event("hl7-reprocess", (f"inbound/{archive_id}",)))
+        return self.receive(
+            found.raw, Origin("reprocess", who.source, found.organization), archive_id=archive_id
+        )
+
+    def refuse_unreadable(self, raw: bytes, origin: Origin, reason: str) -> Reply:
+        """Bytes the listener could not frame (junk, oversize, cut off): archive and AR."""
+        refusal = Hl7Error(reason, Location("MSH"), "100", reject=True)
+        digest = hashlib.sha256(raw).hexdigest()
+        return self._refuse(raw, digest, _header_guess(raw), origin, refusal, None)
+
+    def _parse(self, raw: bytes, header: ack.Header) -> Message:
+        if len(raw) > self.settings.max_bytes:
+            raise Hl7Error(
+                f"message of {len(raw)} bytes exceeds the limit of {self.settings.max_bytes}",
+                Location("MSH"),
+                INTERNAL_ERROR,
+                reject=True,
+            )
+        codec = self.settings.sender_charsets.get(header.sending_facility)
+        message = parse(raw, default_codec=codec)
+        msh = message.msh
+        version = msh.value(12)
+        if not _VERSION.match(version):
+            raise Hl7Error(
+                f"HL7 version '{version}' is not supported (2.2 to 2.8)",
+                msh.where(12),
+                UNSUPPORTED_VERSION,
+                reject=True,
+            )
+        if msh.value(11) and msh.value(11)[0].upper() not in "PTD":
+            raise Hl7Error(
+                f"processing ID '{msh.value(11)}' is not P, T or D",
+                msh.where(11),
+                UNSUPPORTED_PROCESSING_ID,
+                reject=True,
+            )
+        if not msh.value(10):
+            raise Hl7Error(
+                "MSH-10 (message control ID) is required", msh.where(10), "101", reject=True
+            )
+        kind = msh.value(9, 1).upper()
+        if kind not in MAPPERS:
+            raise Hl7Error(
+                f"message type '{message.message_type}' is not supported; supported: "
+                + ", ".join(sorted(MAPPERS)),
+                msh.where(9, 1),
+                UNSUPPORTED_MESSAGE_TYPE,
+                reject=True,
+            )
+        return message
+
+    def _check_sender(self, message: Message, origin: Origin) -> str:
+        """The Organization (FHIR id) that sent the message, or a refusal."""
+        facility = message.msh.value(4)
+        if origin.organization:
+            if facility and organization_id(facility) != origin.organization:
+                raise Hl7Error(
+                    f"MSH-4 '{facility}' does not match the sender's credentials "
+                    f"(Organization/{origin.organization})",
+                    message.msh.where(4),
+                    UNKNOWN_KEY,
+                    reject=True,
+                )
+            return origin.organization
+        if not facility:
+            raise Hl7Error(
+                "MSH-4 (sending facility) is required to identify the clinic",
+                message.msh.where(4),
+                "101",
+                reject=True,
+            )
+        with self.records.engine.connect() as conn:
+            found = self.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, facility)
+        if not found:
+            raise Hl7Error(
+                f"sending facility '{facility}' is not a registered consortium member",
+                message.msh.where(4),
+                UNKNOWN_KEY,
+                reject=True,
+            )
+        return found[0].res_id
+
+    def _repeat(self, header: ack.Header, digest: str, archive_id: str | None) -> Reply | None:
+        """The same message again gets its first answer; the same control ID with other
+        content is refused once something was stored under that ID."""
+        if archive_id is not None:
+            return None  # an operator's reprocess
+        with self.records.engine.connect() as conn:
+            earlier = inbound.same_control_id(conn, PROTOCOL, _sender(header), header.control_id)
+        for row in earlier:
+            if row.content_hash == digest and row.outcome != inbound.FAILED:
+                log.info(
+                    "repeated message answered with its first ACK",
+                    extra={"archive_id": row.id, "control_id": header.control_id},
+                )
+                return Reply(row.ack, row.ack_code, row.outcome, row.id, row.warnings, row.error)
+        if any(row.outcome in inbound.STORED and row.content_hash != digest for row in earlier):
+            raise Hl7Error(
+                f"control ID '{header.control_id}' was already used for a different message",
+                Location("MSH", 1, 10),
+                DUPLICATE_KEY,
+                reject=True,
+            )
+        return None
+
+    def _translate(self, message: Message, organization: str) -> Translation:
+        ctx = Context(message.msh.value(4), organization, self.settings.default_tz)
+        translation = MAPPERS[message.msh.value(9, 1).upper()](message, ctx)
+        if translation.occurred is None:  # when the event happened: EVN if any, else MSH-7
+            translation.occurred = dtm(message.msh.value(7), message.msh.where(7), ctx.default_tz)
+        if message.charset_warning:
+            translation.warnings.insert(0, f"MSH-18: {message.charset_warning}")
+        translation.warnings.extend(message.unmapped())
+        return translation
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _refuse(
+        self,
+        raw: bytes,
+        digest: str,
+        header: ack.Header,
+        origin: Origin,
+        refusal: Hl7Error,
+        archive_id: str | None,
+    ) -> Reply:
+        code = ack.reply_code(header, ok=False, rejected=refusal.reject)
+        issue = ack.Issue(refusal.text, refusal.where, refusal.code)
+        reply = ack.build(header, code, [issue], text=refusal.text) if code else None
+        log.info(
+            "HL7 message refused",
+            extra={
+                "control_id": header.control_id[:40],
+                "code": code,
+                "hl7_error": refusal.code,
+                "where": str(refusal.where or ""),
+            },
+        )
+        target = archive_id or inbound.new_id()
+        with self.records.engine.begin() as conn:
+            inbound.record(
+                conn,
+                target,
+                new=archive_id is None,
+                **_archive_fields(raw, digest, header, origin),
+                outcome=inbound.REJECTED,
+                ack_code=code,
+                ack=reply,
+                error=str(refusal),
+                warnings=[],
+                resources=[],
+                patient_id=None,
+            )
+            who = _principal(header, origin, None)
+            audit_log.append(
+                conn,
+                who,
+                Event("hl7-ingest", (f"inbound/{target}",), (), "refused", str(refusal)[:300]),
+            )
+        return Reply(reply, code, inbound.REJECTED, target, error=str(refusal))
+
+    def _commit(
+        self,
+        raw: bytes,
+        digest: str,
+        header: ack.Header,
+        origin: Origin,
+        message: Message,
+        translation: Translation,
+        archive_id: str | None,
+    ) -> Reply:
+        warnings = translation.warnings
+        outcome = inbound.WARNINGS if warnings else inbound.ACCEPTED
+        code = ack.reply_code(header, ok=True, rejected=False)
+        issues = [ack.Issue(w, None, "0", "W") for w in warnings[:20]]
+        reply = ack.build(header, code, issues) if code else None
+        organization = translation_org(translation, origin)
+        who = _principal(header, origin, organization)
+        new_id = archive_id or inbound.new_id()
+
+        def work(conn: Connection) -> tuple[tuple[list[str], str | None], list[Event]]:
+            written = apply(self.records, conn, who, translation, new_id, header)
+            refs = [f"{s.res_type}/{s.res_id}" for s in written]
+            patient = next((s.res_id for s in written if s.res_type == "Patient"), None)
+            inbound.record(
+                conn,
+                new_id,
+                new=archive_id is None,
+                **_archive_fields(raw, digest, header, origin),
+                organization=organization,
+                outcome=outcome,
+                ack_code=code,
+                ack=reply,
+                warnings=warnings,
+                error=None,
+                resources=refs,
+                patient_id=patient,
+            )
+            touched = [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in written]
+            return (refs, patient), [Event.touching("hl7-ingest", touched)]
+
+        try:
+            self.records.run(who, "hl7-ingest", work, about=[f"inbound/{new_id}"])
+        except FhirError as exc:  # what the mapping built is not valid FHIR: refuse, name it
+            refusal = Hl7Error(
+                f"the translated resources were refused: {exc.diagnostics}", None, "207"
+            )
+            return self._refuse(raw, digest, header, origin, refusal, archive_id)
+        log.info(
+            "HL7 message accepted",
+            extra={"archive_id": new_id, "type": header.event, "warnings": len(warnings)},
+        )
+        return Reply(reply, code, outcome, new_id, warnings)
+
+
+def translation_org(translation: Translation, origin: Origin) -> str | None:
+    managing = next(
+        (e.body.get("managingOrganization") for e in translation.entries if e.rtype == "Patient"),
+        None,
+    )
+    if managing:
+        return str(managing["reference"]).split("/", 1)[1]
+    return origin.organization
+
+
+# -- applying a translation ----------------------------------------------------------------------
+
+
+def apply(
+    records: RecordService,
+    conn: Connection,
+    who: Principal,
+    translation: Translation,
+    archive_id: str,
+    header: ack.Header,
+) -> list[Stored]:
+    resolved: dict[str, str] = {}
+    written: list[Stored] = []
+    for entry in translation.entries:
+        body = _resolve(entry.body, resolved)
+        existing = _find(records, conn, entry.rtype, entry.match)
+        if existing is not None and entry.create_only_if_new:
+            resolved[entry.key] = f"{entry.rtype}/{existing.res_id}"
+            continue
+        if existing is not None:
+            merged = _merge_into(existing.json(), body, entry.keep_identifiers)
+            stored, _ = records.update_in(conn, who, entry.rtype, existing.res_id, merged)
+        else:
+            stored, _ = records.create_in(conn, who, entry.rtype, body)
+        resolved[entry.key] = f"{entry.rtype}/{stored.res_id}"
+        written.append(stored)
+    for merge in translation.merges:
+        source = _find(records, conn, "Patient", merge.source)
+        target = resolved[merge.target_key].split("/", 1)[1]
+        if source is None:
+            translation.warnings.append("MRG-1: no patient with these identifiers; nothing merged")
+            continue
+        if source.res_id != target:
+            merged, _moved = records.merge_in(conn, who, source.res_id, target)
+            written.append(merged)
+    if written:
+        provenance = _provenance(written, archive_id, header, translation, who)
+        stored, _ = records.create_in(conn, who, "Provenance", provenance)
+        written.append(stored)
+    return written
+
+
+def _find(
+    records: RecordService, conn: Connection, rtype: str, match: list[tuple[str, str]]
+) -> Stored | None:
+    for system, value in match:
+        found = records.find_by_identifier(conn, rtype, system, value)
+        if found:
+            return found[0]
+    return None
+
+
+def _merge_into(old: dict[str, Any], new: dict[str, Any], keep_identifiers: bool) -> dict[str, Any]:
+    """What the message says replaces what the record had, element by element; elements the
+    message does not carry are kept (an A08 without an address does not erase the address)."""
+    merged = {k: v for k, v in old.items() if k not in ("meta", "id")}
+    merged.update(new)
+    if keep_identifiers:
+        have = {(i.get("system"), i.get("value")) for i in new.get("identifier", [])}
+        merged["identifier"] = new.get("identifier", []) + [
+            i for i in old.get("identifier", []) if (i.get("system"), i.get("value")) not in have
+        ]
+    return merged
+
+
+def _resolve(body: dict[str, Any], resolved: dict[str, str]) -> dict[str, Any]:
+    if not resolved:
+        return body
+    text = json.dumps(body, ensure_ascii=False)
+    for key, target in resolved.items():
+        text = text.replace(f'"urn:uuid:{key}"', json.dumps(target))
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _provenance(
+    written: list[Stored],
+    archive_id: str,
+    header: ack.Header,
+    translation: Translation,
+    who: Principal,
+) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "author",
+                }
+            ]
+        },
+        "who": (
+            {"reference": f"Organization/{who.organization}"}
+            if who.organization
+            else {"display": header.sending_facility or "unknown sender"}
+        ),
+    }
+    body: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "target": [{"reference": f"{s.res_type}/{s.res_id}"} for s in written],
+        "recorded": fhirdates.instant(fhirdates.now()),
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "CREATE",
+                }
+            ]
+        },
+        "agent": [agent],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {"system": "urn:yilian:inbound", "value": archive_id},
+                    "display": f"HL7 v2 {header.event} {header.control_id}"[:200],
+                },
+            }
+        ],
+    }
+    if translation.occurred:
+        body["occurredDateTime"] = translation.occurred
+    return body
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _sender(header: ack.Header) -> str:
+    return f"{header.sending_app}|{header.sending_facility}"
+
+
+def _archive_fields(raw: bytes, digest: str, header: ack.Header, origin: Origin) -> dict[str, Any]:
+    return {
+        "protocol": PROTOCOL,
+        "origin": origin.channel,
+        "sender": _sender(header),
+        "control_id": header.control_id or None,
+        "content_hash": digest,
+        "message_type": header.event or None,
+        "version": header.version or None,
+        "charset": header.charset or None,
+        "raw": raw,
+    }
+
+
+def _principal(header: ack.Header, origin: Origin, organization: str | None) -> Principal:
+    name = f"hl7:{header.sending_app or '?'}@{header.sending_facility or '?'}"
+    return Principal(
+        username=name[:128],
+        role=Role.SYSTEM,
+        organization=organization or origin.organization,
+        source=origin.peer,
+    )
+
+
+def _header(message: Message) -> ack.Header:
+    msh = message.msh
+    return ack.Header(
+        sending_app=msh.value(3),
+        sending_facility=msh.value(4),
+        receiving_app=msh.value(5),
+        receiving_facility=msh.value(6),
+        control_id=msh.value(10),
+        processing_id=msh.value(11) or "P",
+        version=msh.value(12),
+        event=message.message_type,
+        accept_ack=msh.value(15),
+        application_ack=msh.value(16),
+        charset=msh.raw(18).split(message.seps[2])[0],
+        codec=message.codec,
+    )
+
+
+def _header_guess(raw: bytes) -> ack.Header:
+    """Best effort when the message cannot be parsed: read MSH as Latin-1 for the ACK."""
+    first = raw.replace(b"\n", b"\r").split(b"\r", 1)[0].lstrip()
+    if not first.startswith(b"MSH") or len(first) < 8:
+        return ack.Header()
+    text = first.decode("latin-1")
+    sep, comp = text[3], text[4]
+    fields = text.split(sep)
+
+    def f(n: int) -> str:
+        value = fields[n - 1] if n - 1 < len(fields) else ""
+        return value if value.isascii() else ""
+
+    return ack.Header(
+        sending_app=f(3).split(comp)[0],
+        sending_facility=f(4).split(comp)[0],
+        receiving_facility=f(6).split(comp)[0],
+        control_id=f(10)[:199],
+        processing_id=f(11)[:3] or "P",
+        version=f(12).split(comp)[0] if _VERSION.match(f(12).split(comp)[0]) else "2.5.1",
+        event="^".join(f(9).split(comp)[:2]),
+        accept_ack=f(15)[:2],
+        application_ack=f(16)[:2],
+        charset="",
+        codec="utf-8",
+    )

@@ -1,0 +1,60 @@
+"""Start and stop the protocol listeners that run beside HTTP in the one process."""
+
+from __future__ import annotations
+
+import logging
+
+from adapters.hl7v2.listener import (
+    ListenerSettings,
+    MllpListener,
+    certificate_common_name,
+    server_context,
+)
+from gateway.context import Context
+from records.fhirtypes import ORG_CODE_SYSTEM
+
+log = logging.getLogger(__name__)
+
+
+class Listeners:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.mllp: MllpListener | None = None
+
+    async def start(self) -> None:
+        settings = self.ctx.settings
+        if settings.mllp_enabled:
+            context = None
+            if settings.mllp_tls_cert and settings.mllp_tls_key:
+                context = server_context(
+                    str(settings.mllp_tls_cert),
+                    str(settings.mllp_tls_key),
+                    str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None,
+                )
+            self.mllp = MllpListener(
+                self.ctx.hl7,
+                ListenerSettings(
+                    host=settings.http_host,
+                    port=settings.mllp_port,
+                    max_bytes=settings.hl7_max_bytes,
+                    idle_timeout=settings.mllp_idle_timeout,
+                    frame_timeout=settings.mllp_frame_timeout,
+                ),
+                self.ctx.executor,
+                ssl_context=context,
+                organization_of_certificate=self._organization_of_certificate,
+            )
+            await self.mllp.start()
+
+    async def stop(self) -> None:
+        if self.mllp is not None:
+            await self.mllp.stop()
+
+    def _organization_of_certificate(self, certificate: dict) -> str | None:  # type: ignore[type-arg]
+        """A client certificate's common name is the clinic's code (XINGFU_THC)."""
+        name = certificate_common_name(certificate)
+        if not name:
+            return None
+        with self.ctx.engine.connect() as conn:
+            found = self.ctx.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, name)
+        return found[0].res_id if found else None
