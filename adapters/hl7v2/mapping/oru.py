@@ -3,8 +3,6 @@ OBR[DiagnosticReport], OBX[Observation]); ED values -> DocumentReference and pre
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any
 
@@ -16,6 +14,7 @@ from adapters.hl7v2.errors import (
     Location,
 )
 from adapters.hl7v2.mapping import datatypes as dt
+from adapters.hl7v2.mapping.attachment import ed as ed_attachment
 from adapters.hl7v2.mapping.encounter import encounter_entry
 from adapters.hl7v2.mapping.patient import patient_entry
 from adapters.hl7v2.mapping.translation import Context, Entry, Translation, new_key, ref
@@ -238,7 +237,7 @@ def _report(
         status = OBX_STATUS.get(seg.value(11).upper(), "final")
         statuses.append(seg.value(11).upper())
         if value_type == "ED":
-            attachment = _attachment(seg)
+            attachment = ed_attachment(seg)
             if attachment:
                 presented.append(attachment)
                 tr.add(_document(seg, attachment, patient_key, encounter_key, ctx))
@@ -466,44 +465,6 @@ def _reference_range(obx: Segment, body: dict[str, Any]) -> None:
         body["referenceRange"] = [{side: {"value": float(bound.group(2)), **unit}, "text": text}]
     else:
         body["referenceRange"] = [{"text": text}]
-
-
-def _attachment(obx: Segment) -> dict[str, Any] | None:
-    comps = obx.components(5) + [""] * 5
-    _source, kind, subtype, encoding, data = comps[:5]
-    media = {
-        "PDF": "application/pdf",
-        "JPEG": "image/jpeg",
-        "PNG": "image/png",
-        "XML": "application/xml",
-        "RTF": "application/rtf",
-        "HTML": "text/html",
-        "OCTET-STREAM": "application/octet-stream",
-    }
-    content_type = media.get(subtype.upper(), "application/octet-stream")
-    if encoding.upper() in ("BASE64", "A"):
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise Hl7Error(
-                "ED data is not valid Base64", obx.where(5, 5), DATA_TYPE_ERROR
-            ) from None
-        encoded = base64.b64encode(raw).decode()
-    elif encoding.upper() in ("", "NONE"):
-        encoded = base64.b64encode(data.encode()).decode()
-    else:
-        raise Hl7Error(
-            f"ED encoding '{encoding}' is not supported (Base64 or none)",
-            obx.where(5, 4),
-            DATA_TYPE_ERROR,
-        )
-    if kind and subtype:
-        title = dt.cwe(obx.components(3))
-        attachment = {"contentType": content_type, "data": encoded}
-        if title and title.get("text"):
-            attachment["title"] = title["text"]
-        return attachment
-    return {"contentType": content_type, "data": encoded}
 
 
 def _document(
