@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from records import fhirdates
+from records import bulk, fhirdates
 from records.schema import audit_head, audit_record
 from security.audit import AuditEntry, ChainBreak, chain_hash, verify_chain
 from security.principal import Principal
@@ -48,9 +48,7 @@ class Event:
 
 def append(conn: Connection, who: Principal, event: Event) -> int:
     """Write one record per patient touched (one with no patient if none); return the last seq."""
-    head = conn.execute(
-        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-    ).one()
+    head = conn.execute(_HEAD).one()
     seq, prev = head.seq, head.hash
     recorded = fhirdates.now()
     rows = []
@@ -72,9 +70,18 @@ def append(conn: Connection, who: Principal, event: Event) -> int:
         digest = chain_hash(prev, entry)
         rows.append(_row(entry, prev, digest))
         prev = digest
-    conn.execute(insert(audit_record), rows)
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    bulk.insert_rows(conn, audit_record, rows)
+    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq
+
+
+# built once (the ingest writer appends for every message)
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
 
 
 def _row(entry: AuditEntry, prev: str, digest: str) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
-from records import fhirdates
+from records import bulk, fhirdates
 from records.schema import inbound_message
 
 ACCEPTED = "accepted"
@@ -49,6 +49,15 @@ class Archived:
 
 
 _SUMMARY = [c for c in inbound_message.c if c.name != "raw"]
+_SAME_CONTROL_ID = (
+    select(*_SUMMARY)
+    .where(
+        inbound_message.c.protocol == bindparam("protocol"),
+        inbound_message.c.sender == bindparam("sender"),
+        inbound_message.c.control_id == bindparam("control_id"),
+    )
+    .order_by(inbound_message.c.received)
+)
 
 
 def _archived(row: Any, with_raw: bool) -> Archived:
@@ -77,9 +86,9 @@ def _json_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 def insert_row(conn: Connection, archive_id: str, **values: Any) -> str:
     now = fhirdates.now()
-    values = {"warnings": "[]", "resources": "[]", **_json_fields(values)}
-    conn.execute(insert(inbound_message).values(id=archive_id, received=now, updated=now,
-                                                attempts=1, **values))
+    row = {"warnings": "[]", "resources": "[]", **_json_fields(values), "id": archive_id,
+           "received": now, "updated": now, "attempts": 1}
+    bulk.insert_rows(conn, inbound_message, [row])
     return archive_id
 
 
@@ -103,11 +112,7 @@ def same_control_id(
     conn: Connection, protocol: str, sender: str, control_id: str
 ) -> list[Archived]:
     rows = conn.execute(
-        select(*_SUMMARY).where(
-            inbound_message.c.protocol == protocol,
-            inbound_message.c.sender == sender,
-            inbound_message.c.control_id == control_id,
-        ).order_by(inbound_message.c.received)
+        _SAME_CONTROL_ID, {"protocol": protocol, "sender": sender, "control_id": control_id}
     )
     return [_archived(r, False) for r in rows]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from records import audit_log, fhirdates, fhirtypes, identity, query, searchparams, store
@@ -351,16 +351,7 @@ class RecordService:
         number = identity.resident_id_of(body)
         if not number:
             return
-        t = search_token
-        holder = conn.execute(
-            select(t.c.res_id).where(
-                t.c.res_type == "Patient",
-                t.c.param == "identifier",
-                t.c.system == identity.RESIDENT_ID_SYSTEM,
-                t.c.code == number,
-                t.c.res_id != rid,
-            )
-        ).first()
+        holder = conn.execute(_RESIDENT_ID_HOLDER, {"number": number, "rid": rid}).first()
         if holder is not None:
             raise Conflict(
                 "another Patient already carries this resident identity number; "
@@ -734,6 +725,14 @@ class RecordService:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+_RESIDENT_ID_HOLDER = select(search_token.c.res_id).where(
+    search_token.c.res_type == "Patient",
+    search_token.c.param == "identifier",
+    search_token.c.system == identity.RESIDENT_ID_SYSTEM,
+    search_token.c.code == bindparam("number"),
+    search_token.c.res_id != bindparam("rid"),
+)
 
 
 def _touched(stored: Iterable[Stored]) -> list[tuple[str, str | None]]:

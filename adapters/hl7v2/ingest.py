@@ -390,6 +390,8 @@ def apply(
         body = _resolve(body, resolved)
         if old is not None:
             body = _merge_into(old, body, keep)
+            if body == {k: v for k, v in old.items() if k not in ("meta", "id")}:
+                continue  # the message says what the record already says: no new version
         writes.append((rtype, rid, body, new))
     # our own translations: the R4 schema check, not the 1 ms-a-resource model validation
     written = records.write_batch(conn, who, writes, models=False) if writes else []
