@@ -72,23 +72,29 @@ def build(header: Header, code: str, issues: list[Issue], *, text: str = "") -> 
     seps = "|^~\\&"
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     version = header.version or "2.5.1"
+
+    def echo(value: str) -> str:
+        """A value read (unescaped) from the message answered, escaped again for the ACK."""
+        return escape(value, seps)
+
+    trigger = header.event.split("^")[-1] if header.event else ""
     msh = [
         "MSH",
         "^~\\&",
         APPLICATION,
-        header.receiving_facility,
-        header.sending_app,
-        header.sending_facility,
+        echo(header.receiving_facility),
+        echo(header.sending_app),
+        echo(header.sending_facility),
         now,
         "",
-        f"ACK^{header.event.split('^')[-1]}^ACK" if header.event else "ACK",
+        f"ACK^{echo(trigger)}^ACK" if header.event else "ACK",
         uuid.uuid4().hex[:20],
-        header.processing_id or "P",
-        version,
+        echo(header.processing_id or "P"),
+        echo(version),
     ]
     if header.charset:
-        msh += ["", "", "", "", "", header.charset]
-    msa = ["MSA", code, header.control_id]
+        msh += ["", "", "", "", "", header.charset]  # MSH-18 as sent (raw, not unescaped)
+    msa = ["MSA", code, echo(header.control_id)]
     if text:
         msa.append(escape(text[:80], seps))
     segments = ["|".join(msh), "|".join(msa)]
@@ -100,26 +106,29 @@ def build(header: Header, code: str, issues: list[Issue], *, text: str = "") -> 
 
 def _err(issue: Issue, modern: bool, seps: str) -> str:
     where = issue.where
-    location = ""
-    if where is not None:
-        parts = [
-            where.segment,
-            str(where.sequence),
-            "" if where.field is None else str(where.field),
-        ]
-        if where.component is not None:
-            parts += ["", str(where.component)]
-        location = "^".join(parts).rstrip("^")
     text = escape(issue.text[:200], seps)
     if modern:
+        # ERR-2 ERL: segment ^ sequence ^ field ^ field repetition ^ component
+        location = ""
+        if where is not None:
+            parts = [
+                where.segment,
+                str(where.sequence),
+                "" if where.field is None else str(where.field),
+            ]
+            if where.component is not None:
+                parts += ["", str(where.component)]
+            location = "^".join(parts).rstrip("^")
         code = f"{issue.code}^{text}^HL70357"
         return "|".join(["ERR", "", location, code, issue.severity, "", "", "", text])
-    eld = (
-        f"{location}^{issue.code}&{text.replace('&', ' ')}&HL70357"
-        if location
-        else (f"^^^{issue.code}&{text.replace('&', ' ')}&HL70357")
-    )
-    return "|".join(["ERR", eld])
+    # ERR-1 ELD (v2.3/2.4): segment ^ sequence ^ field position ^ code&text&system. The code
+    # is always the 4th component; ELD has no slot for a component, so that is left out.
+    segment, sequence, position = "", "", ""
+    if where is not None:
+        segment, sequence = where.segment, str(where.sequence)
+        position = "" if where.field is None else str(where.field)
+    coded = seps[4].join([issue.code, text, "HL70357"])  # text is escaped: no bare '&'
+    return "|".join(["ERR", "^".join([segment, sequence, position, coded])])
 
 
 def _at_least(version: str, minimum: tuple[int, int]) -> bool:

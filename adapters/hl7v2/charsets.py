@@ -35,8 +35,13 @@ def known() -> list[str]:
     return sorted(k for k in _CODECS if k)
 
 
+def decoder(codec: str) -> str:
+    """The codec that really decodes text declared as ``codec`` (GB 2312/GBK: GB 18030)."""
+    return _DECODE_AS.get(codec, codec)
+
+
 def decode(raw: bytes, codec: str) -> str:
-    return raw.decode(_DECODE_AS.get(codec, codec))
+    return raw.decode(decoder(codec))
 
 
 def encode(text: str, codec: str | None) -> bytes:

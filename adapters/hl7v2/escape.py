@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from adapters.hl7v2 import charsets
+
 
 def unescape(text: str, seps: str, codec: str = "utf-8") -> str:
     """Decode escapes; ``seps`` is field, component, repetition, escape, subcomponent."""
     esc = seps[3]
     if esc not in text:
         return text
-    field, component, repetition, _, subcomponent = seps[:5]
+    field, component, repetition, subcomponent = seps[0], seps[1], seps[2], seps[4]
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -37,8 +39,9 @@ def _one(body: str, esc: str, f: str, c: str, r: str, s: str, codec: str) -> str
         return ""  # highlighting and layout hints carry no text
     if body.startswith("X") and len(body) > 1:
         try:
-            return bytes.fromhex(body[1:]).decode(codec)
-        except (ValueError, UnicodeDecodeError):
+            # the same decoder as the message text (GB 2312/GBK are read as GB 18030)
+            return charsets.decode(bytes.fromhex(body[1:]), codec)
+        except (ValueError, LookupError):  # odd digits, bad bytes (UnicodeDecodeError)
             return esc + body + esc
     if body.startswith(("C", "M")):
         return ""  # ISO 2022 charset switches: the message is decoded as a whole already
@@ -46,7 +49,7 @@ def _one(body: str, esc: str, f: str, c: str, r: str, s: str, codec: str) -> str
 
 
 def escape(text: str, seps: str = "|^~\\&") -> str:
-    field, component, repetition, esc, subcomponent = seps[:5]
+    field, component, repetition, esc, subcomponent = seps[0], seps[1], seps[2], seps[3], seps[4]
     out = text.replace(esc, f"{esc}E{esc}")
     for ch, code in ((field, "F"), (component, "S"), (subcomponent, "T"), (repetition, "R")):
         out = out.replace(ch, f"{esc}{code}{esc}")

@@ -28,6 +28,7 @@ from adapters.hl7v2.errors import (
     Hl7Error,
     Location,
 )
+from adapters.hl7v2.escape import unescape
 from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm
 from adapters.hl7v2.mapping.translation import Context, Translation
@@ -552,9 +553,11 @@ def _header_guess(raw: bytes) -> ack.Header:
     sep, comp = text[3], text[4]
     fields = text.split(sep)
 
+    seps = text[3:8]
+
     def f(n: int) -> str:
         value = fields[n - 1] if n - 1 < len(fields) else ""
-        return value if value.isascii() else ""
+        return unescape(value, seps) if value.isascii() and len(seps) == 5 else ""
 
     return ack.Header(
         sending_app=f(3).split(comp)[0],

@@ -18,6 +18,7 @@ from adapters.hl7v2 import charsets
 from adapters.hl7v2.errors import (
     REQUIRED_FIELD_MISSING,
     SEGMENT_SEQUENCE,
+    TABLE_VALUE_NOT_FOUND,
     Hl7Error,
     Location,
 )
@@ -67,7 +68,8 @@ class Segment:
         return self.fields[n] if n < len(self.fields) else ""
 
     def reps(self, n: int) -> list[list[list[str]]]:
-        """Repetitions -> components -> subcomponents of field n, unescaped (worked out once)."""
+        """Repetitions -> components -> subcomponents of field n, unescaped (worked out once).
+        An empty repetition is kept as [['']] (in ``A~~C`` repetition 1 is empty, 2 is C)."""
         cached = self._reps.get(n)
         if cached is not None:
             self._mark(n)
@@ -79,11 +81,14 @@ class Segment:
         seps = self.message.seps
         rep_sep, comp_sep, sub_sep = seps[2], seps[1], seps[4]
         parts = [raw] if self.name == "MSH" and n == 2 else raw.split(rep_sep)
+        if not any(parts):  # only repetition separators: as empty as an empty field
+            self._reps[n] = []
+            return []
         unescape = self.message.unescape
+        # an empty repetition stays, as [['']], so that repetition k is always the k-th sent
         result = [
             [[unescape(sub) for sub in comp.split(sub_sep)] for comp in rep.split(comp_sep)]
             for rep in parts
-            if rep
         ]
         self._reps[n] = result
         return result
@@ -211,15 +216,8 @@ def parse(raw: bytes, *, default_codec: str | None = None) -> Message:
             REQUIRED_FIELD_MISSING,
             reject=True,
         )
-    codec, warning = _choose_codec(head, seps, default_codec, raw)
-    try:
-        text = charsets.decode(b"\r".join(lines), codec)
-    except UnicodeDecodeError as exc:
-        raise Hl7Error(
-            f"the bytes are not valid {codec} (MSH-18 declares it) at byte {exc.start}",
-            Location("MSH", 1, 18),
-            reject=True,
-        ) from None
+    lines[0] = head  # whitespace before MSH is tolerated, and not part of segment 1
+    codec, warning, text = _decode(head, b"\r".join(lines), seps, default_codec)
     message = Message(raw=raw, text=text, codec=codec, seps=seps, charset_warning=warning)
     for sequence, line in enumerate(text.split("\r"), start=1):
         line = line.strip("\n")
@@ -239,28 +237,99 @@ def parse(raw: bytes, *, default_codec: str | None = None) -> Message:
     return message
 
 
-def _choose_codec(
-    head: bytes, seps: str, default_codec: str | None, raw: bytes
-) -> tuple[str, str | None]:
-    fields = head.decode("latin-1").split(seps[0])
-    declared = fields[17] if len(fields) > 17 else ""
-    declared = declared.split(seps[2])[0]  # MSH-18 may repeat; the first is the message's
-    try:
-        codec = charsets.codec_for(declared)
-    except KeyError:
+# How the MSH bytes are read to find MSH-18 before the character set is known. Latin-1 reads
+# any byte and is exact for ASCII, Latin-1 and UTF-8 (whose multi-byte characters never contain
+# an ASCII byte); a GBK/GB 18030 (or Big5) character can have '|' (0x7C) or '\\' (0x5C) as its
+# second byte, so when the Latin-1 reading does not hold up, MSH is read again as GB 18030
+# (which pairs Big5 bytes the same way), then as UTF-8.
+_MSH_READERS = ("latin-1", "gb18030", "utf-8")
+
+
+def _decode(
+    head: bytes, body: bytes, seps: str, default_codec: str | None
+) -> tuple[str, str | None, str]:
+    """The codec of a message, a warning about it, and the decoded text.
+
+    A reading of MSH-18 is accepted only when the message decodes with the codec it names and
+    the decoded MSH names that codec again (or one decoded the same way), so a field shifted by
+    a GBK second byte 0x7C cannot pick the character set. An MSH-18 that no reading makes
+    sense of is refused, naming MSH-18.
+    """
+    unknown: str | None = None
+    failure: tuple[str, int] | None = None  # the first codec the bytes were not, and where
+    tried: set[str | None] = set()  # a codec decodes the same way whichever reading named it
+    for reader in _MSH_READERS:
+        try:
+            declared = _msh18(head.decode(reader), seps)
+        except UnicodeDecodeError:
+            continue
+        try:
+            codec = charsets.codec_for(declared)
+        except KeyError:
+            unknown = declared
+            continue
+        if codec in tried:
+            continue
+        tried.add(codec)
+        warning = None
+        if codec is None:
+            codec, warning = _undeclared(default_codec, body)
+        try:
+            text = charsets.decode(body, codec)
+        except UnicodeDecodeError as exc:
+            failure = failure or (codec, exc.start)
+            continue
+        if head.isascii():  # every codec here reads ASCII as ASCII: nothing can shift
+            own_name = declared
+        else:
+            end = text.find("\r")
+            own_name = _msh18(text if end < 0 else text[:end], seps)
+        try:
+            own = charsets.codec_for(own_name)
+        except KeyError:
+            unknown = own_name
+            continue
+        if own is None:
+            if not declared.strip():
+                return codec, warning, text
+        elif charsets.decoder(own) == charsets.decoder(codec):
+            return own, None, text
+    if failure is not None:
+        codec, start = failure
         raise Hl7Error(
-            f"character set '{declared}' is not supported; use one of: "
-            + ", ".join(charsets.known()),
+            f"the bytes are not valid {codec} (MSH-18 declares it) at byte {start}",
             Location("MSH", 1, 18),
-            "103",
             reject=True,
-        ) from None
-    if codec:
-        return codec, None
+        )
+    if unknown is None:  # every reading named a known character set the text then denied
+        raise Hl7Error(
+            "the character set could not be told: MSH-18 reads differently in each candidate",
+            Location("MSH", 1, 18),
+            TABLE_VALUE_NOT_FOUND,
+            reject=True,
+        )
+    raise Hl7Error(
+        f"character set '{unknown}' is not supported; use one of: " + ", ".join(charsets.known()),
+        Location("MSH", 1, 18),
+        TABLE_VALUE_NOT_FOUND,
+        reject=True,
+    )
+
+
+def _msh18(head: str, seps: str) -> str:
+    """MSH-18 as written in an MSH line; it may repeat, and the first is the message's."""
+    fields = head.split(seps[0])
+    declared = fields[17] if len(fields) > 17 else ""
+    return declared.split(seps[2])[0]
+
+
+def _undeclared(default_codec: str | None, body: bytes) -> tuple[str, str | None]:
+    """The codec of a message with an empty MSH-18: the sender's configured one, else UTF-8
+    when the bytes are UTF-8, else GB 18030 (with a warning)."""
     if default_codec:
         return default_codec, None
     try:
-        raw.decode("utf-8")
+        body.decode("utf-8")
         return "utf-8", None
     except UnicodeDecodeError:
         return "gb18030", "MSH-18 is empty and the bytes are not UTF-8: decoded as GB 18030"

@@ -43,7 +43,12 @@ def translate(message: Message, ctx: Context) -> Translation:
     translation = Translation(message)
     evn = message.first("EVN")
     if evn is not None:
-        translation.occurred = dt.dtm(evn.value(6) or evn.value(2), evn.where(2), ctx.default_tz)
+        when = 6 if evn.value(6) else 2  # EVN-6 event occurred, else EVN-2 recorded
+        translation.occurred = dt.dtm(evn.value(when), evn.where(when), ctx.default_tz)
+        if evn.value(1) and evn.value(1) != event:  # EVN-1: the event again, before v2.5
+            translation.warnings.append(
+                f"{evn.where(1)}: '{evn.value(1)}' is not MSH-9.2 '{event}'"
+            )
     pid = message.first("PID")
     if pid is None:
         raise Hl7Error("ADT messages need a PID segment", Location("PID"), REQUIRED_FIELD_MISSING)

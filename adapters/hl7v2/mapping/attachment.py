@@ -24,28 +24,41 @@ MEDIA = {
 }
 
 
+# ED-4 encoding (HL7 table 0299): A is no encoding (the data is the text itself), Hex is
+# hexadecimal, Base64 is Base64 (RFC 2045). Anything else is refused.
+PLAIN_ENCODINGS = {"A", "", "NONE"}
+
+
 def ed(obx: Segment) -> dict[str, Any] | None:
     """OBX-5 of type ED (source^type^subtype^encoding^data) -> Attachment with Base64 data;
     the OBX-3 text becomes the title."""
     comps = obx.components(5) + [""] * 5
     _source, kind, subtype, encoding, data = comps[:5]
     content_type = MEDIA.get(subtype.upper(), "application/octet-stream")
-    if encoding.upper() in ("BASE64", "A"):
+    scheme = encoding.strip().upper()
+    if scheme == "BASE64":
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise Hl7Error(
                 "ED data is not valid Base64", obx.where(5, 5), DATA_TYPE_ERROR
             ) from None
-        encoded = base64.b64encode(raw).decode()
-    elif encoding.upper() in ("", "NONE"):
-        encoded = base64.b64encode(data.encode()).decode()
+    elif scheme == "HEX":
+        try:
+            raw = bytes.fromhex(data)
+        except ValueError:
+            raise Hl7Error(
+                "ED data is not valid hexadecimal", obx.where(5, 5), DATA_TYPE_ERROR
+            ) from None
+    elif scheme in PLAIN_ENCODINGS:
+        raw = data.encode("utf-8")  # no encoding: the (decoded) text itself
     else:
         raise Hl7Error(
-            f"ED encoding '{encoding}' is not supported (Base64 or none)",
+            f"ED encoding '{encoding}' is not supported (Base64, Hex, or A for none)",
             obx.where(5, 4),
             DATA_TYPE_ERROR,
         )
+    encoded = base64.b64encode(raw).decode()
     if kind and subtype:
         title = dt.cwe(obx.components(3))
         attachment = {"contentType": content_type, "data": encoded}

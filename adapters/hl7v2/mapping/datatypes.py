@@ -5,6 +5,7 @@ DTM[dateTime], XCN[Reference])."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.hl7v2.errors import DATA_TYPE_ERROR, Hl7Error, Location
@@ -51,6 +52,16 @@ def dtm(value: str, where: Location, default_tz: str = "+08:00") -> str | None:
             f"'{value}' is not an HL7 date/time (YYYYMMDDHHMMSS[+ZZZZ])", where, DATA_TYPE_ERROR
         )
     year, month, day, hour, minute, second, fraction, tz = match.groups()
+    if fraction and second is None:
+        raise Hl7Error(
+            f"'{value}' has a fraction of a second but no seconds", where, DATA_TYPE_ERROR
+        )
+    if tz and not _offset_ok(tz):
+        raise Hl7Error(
+            f"'{value}' has an impossible time-zone offset '{tz}' (at most +/-1400)",
+            where,
+            DATA_TYPE_ERROR,
+        )
     try:
         _check(int(year), month, day, hour, minute, second)
     except ValueError as exc:
@@ -69,6 +80,12 @@ def dtm(value: str, where: Location, default_tz: str = "+08:00") -> str | None:
     if fraction:
         text += fraction
     return text + zone
+
+
+def _offset_ok(tz: str) -> bool:
+    """+/-HHMM with hours 00-14 and minutes 00-59, and no more than 14:00 (FHIR's limit)."""
+    hours, minutes = int(tz[1:3]), int(tz[3:5])
+    return hours <= 14 and minutes <= 59 and (hours, minutes) <= (14, 0)
 
 
 def _check(
@@ -187,10 +204,28 @@ def cwe(comps: list[str]) -> dict[str, Any] | None:
     return concept
 
 
+RESIDENT_ID_OID = RESIDENT_ID_SYSTEM.removeprefix("urn:oid:")  # 2.16.156.10011.1.3
+# HL7 table 0203 identifier types: NNCHN is China's national (resident identity) number;
+# MC (patient's Medicare number) and SN (subscriber number) are the insurance numbers.
+RESIDENT_ID_TYPES = {"NNCHN"}
+INSURANCE_TYPES = {"MC", "SN"}
+
+
+def _oid(text: str) -> str:
+    text = text.strip()
+    return text[8:] if text[:8].lower() == "urn:oid:" else text
+
+
 def is_resident_id(comps: list[str]) -> bool:
+    """CX of the resident identity number: type NNCHN, or assigned by the authority whose
+    universal ID (CX-4.2) or namespace (CX-4.1) is exactly the resident identity OID."""
     authority = comps[3] if len(comps) > 3 else ""
     kind = comps[4] if len(comps) > 4 else ""
-    return kind.upper() in ("NNCHN", "RI") or "2.16.156.10011.1.3" in authority
+    if kind.strip().upper() in RESIDENT_ID_TYPES:
+        return True
+    hd = authority.split("&")
+    namespace, universal = hd[0], (hd[1] if len(hd) > 1 else "")
+    return RESIDENT_ID_OID in (_oid(namespace), _oid(universal))
 
 
 def cx(comps: list[str], default_assigner: str) -> dict[str, Any] | None:
@@ -205,7 +240,7 @@ def cx(comps: list[str], default_assigner: str) -> dict[str, Any] | None:
     if is_resident_id(comps):
         ident["system"] = RESIDENT_ID_SYSTEM
         ident["use"] = "official"
-    elif kind.upper() in ("MC", "SN", "MI") or namespace.upper() in ("YB", "医保"):
+    elif kind.strip().upper() in INSURANCE_TYPES or namespace.upper() in ("YB", "医保"):
         ident["system"] = MEDICAL_INSURANCE_SYSTEM
     else:
         ident["system"] = f"urn:yilian:mrn:{namespace or default_assigner}"
@@ -231,7 +266,7 @@ def xcn(comps: list[str]) -> dict[str, Any] | None:
     return ref
 
 
-def first(values: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+def first(values: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     return next((v for v in values if v), None)
 
 
@@ -240,6 +275,8 @@ def every(segment: Segment, n: int, convert) -> list[dict[str, Any]]:  # type: i
     sub = segment.message.seps[4]
     out = []
     for rep in segment.reps(n):
+        if not any(any(c) for c in rep):
+            continue  # an empty repetition (A~~C) converts to nothing
         value = convert([sub.join(c) for c in rep])
         if value:
             out.append(value)
@@ -247,7 +284,8 @@ def every(segment: Segment, n: int, convert) -> list[dict[str, Any]]:  # type: i
 
 
 def text(segment: Segment, n: int) -> str:
-    """A text field (ST/TX/FT) as written: repetitions on separate lines, escapes decoded.
-    A '^' or '&' the sender did not escape is kept as the character it is."""
+    """A text field (ST/TX/FT) as written: repetitions on separate lines (an empty repetition
+    is an empty line), escapes decoded. A '^' or '&' the sender did not escape is kept as the
+    character it is."""
     seps = segment.message.seps
     return "\n".join(seps[1].join(seps[4].join(sub) for sub in rep) for rep in segment.reps(n))

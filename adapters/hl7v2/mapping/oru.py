@@ -372,7 +372,9 @@ def _value(
 ) -> None:
     reps = obx.reps(5)
     sub = obx.message.seps[4]
-    comps = [sub.join(c) for c in reps[0]]
+    # the first repetition that holds something (an empty one keeps its place, not its meaning)
+    first = next((rep for rep in reps if any(c for comp in rep for c in comp)), reps[0])
+    comps = [sub.join(c) for c in first]
     where = obx.where(5)
     if value_type == "NM":
         body["valueQuantity"] = _quantity(obx, _number(obx, comps[0]))

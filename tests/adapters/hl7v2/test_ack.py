@@ -171,12 +171,6 @@ def test_err_eld_layout_before_25(version: str) -> None:
     assert errs[1] == ["ERR", "^^^207&general&HL70357"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/ack.py:112/118 - the ELD reuses the v2.5 ERL string: with no "
-    "field it is rstripped to 'ZXY^4' so the code lands in ELD-3 (field position), and a "
-    "component adds ERL's '^^<component>' so the code lands in ELD-6",
-)
 @pytest.mark.parametrize(
     "where, eld",
     [
@@ -208,17 +202,30 @@ def test_err_text_is_escaped_in_both_layouts() -> None:
     assert eld.reps(1)[0][3] == ["101", NASTY, "HL70357"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/ack.py:91 (and the MSH fields at ack.py:79-80) - Header values "
-    "are written unescaped; the ingest fills them with Segment.value(), which has already "
-    "decoded \\F\\ \\S\\, so a control ID sent as 'A\\F\\B' breaks MSA-2 of the ACK",
-)
 def test_control_id_with_separators_is_echoed_escaped() -> None:
     header = Header(control_id="A|B^C", event="ORU^R01")
     msa = parse(build(header, "AA", [])).first("MSA")
     assert msa is not None
     assert msa.value(2) == "A|B^C"
+
+
+def test_msh_echoes_with_separators_are_escaped() -> None:
+    header = Header(
+        sending_app="L|S",
+        sending_facility="XZ^01",
+        receiving_facility="C~D",
+        control_id="A\\B&C",
+        event="ORU^R01",
+    )
+    ack_message = parse(build(header, "AE", [Issue("x", Location("PID", 2, 3))]))
+    msh = ack_message.msh
+    assert len(msh.fields) == 13
+    assert msh.value(4) == "C~D" and len(msh.reps(4)) == 1
+    assert msh.value(5) == "L|S"
+    assert msh.value(6) == "XZ^01"
+    assert msh.value(9, 2) == "R01"
+    msa = ack_message.first("MSA")
+    assert msa is not None and msa.value(2) == "A\\B&C"
 
 
 def test_ack_in_gb18030_round_trips_chinese_text() -> None:

@@ -97,15 +97,45 @@ def test_dtm_invalid_raises_naming_the_location(value: str) -> None:
     assert err.reject is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/mapping/datatypes.py:66 - the offset is copied without a range "
-    "check, so '+2500' or '+0860' becomes '+25:00'/'+08:60', not a FHIR dateTime (at most +-14:00)",
+@pytest.mark.parametrize(
+    "value",
+    [
+        "20240101120000+2500",
+        "20240101120000+0860",
+        "20240101120000-1401",
+        "20240101120000+1430",
+        "20240101120000-9999",
+    ],
 )
-@pytest.mark.parametrize("value", ["20240101120000+2500", "20240101120000+0860"])
 def test_dtm_impossible_offset_raises(value: str) -> None:
-    with pytest.raises(Hl7Error):
+    with pytest.raises(Hl7Error) as info:
         dtm(value, WHERE)
+    assert info.value.where == WHERE
+    assert str(info.value).startswith("OBX-14: ")
+    assert value in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("20240101120000+1400", "2024-01-01T12:00:00+14:00"),
+        ("20240101120000-1400", "2024-01-01T12:00:00-14:00"),
+        ("20240101120000-1359", "2024-01-01T12:00:00-13:59"),
+        ("20240101120000+0545", "2024-01-01T12:00:00+05:45"),
+    ],
+)
+def test_dtm_offsets_up_to_14_hours(value: str, expected: str) -> None:
+    result = dtm(value, WHERE)
+    assert result == expected
+    assert FHIR_DATETIME.fullmatch(result)
+
+
+@pytest.mark.parametrize("value", ["202401011200.5", "2024010112.5", "2024.5", "20240101.1+0800"])
+def test_dtm_fraction_without_seconds_raises(value: str) -> None:
+    with pytest.raises(Hl7Error) as info:
+        dtm(value, WHERE)
+    assert info.value.where == WHERE
+    assert value in str(info.value)
 
 
 def test_date_only() -> None:
@@ -288,16 +318,48 @@ def test_cx_resident_identity_number_by_authority_oid() -> None:
     assert ident == {"value": RESIDENT, "system": RESIDENT_ID_SYSTEM, "use": "official"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/mapping/datatypes.py:193 - is_resident_id tests the authority "
-    "with a substring match, so an MR under any OID that merely contains "
-    "2.16.156.10011.1.3 (here 2.16.156.10011.1.30) becomes a resident identity number",
-)
 def test_cx_other_oid_with_the_resident_oid_as_prefix_is_not_resident() -> None:
     ident = cx(["MR-7", "", "", "XZ01&2.16.156.10011.1.30&ISO", "MR"], "DEFAULT")
     assert ident is not None
     assert ident["system"] != RESIDENT_ID_SYSTEM
+    assert ident["system"] == "urn:yilian:mrn:XZ01"
+
+
+@pytest.mark.parametrize(
+    "authority",
+    [
+        "&2.16.156.10011.1.3&ISO",
+        "GA&urn:oid:2.16.156.10011.1.3&ISO",
+        "2.16.156.10011.1.3",
+        "2.16.156.10011.1.3&&",
+    ],
+)
+def test_cx_resident_identity_number_by_exact_authority(authority: str) -> None:
+    ident = cx([RESIDENT, "", "", authority], "XZ01")
+    assert ident is not None and ident["system"] == RESIDENT_ID_SYSTEM
+
+
+@pytest.mark.parametrize(
+    "authority",
+    ["XZ&1.2.16.156.10011.1.3&ISO", "2.16.156.10011.1.3.1", "GA&2.16.156.10011.1&ISO"],
+)
+def test_cx_authority_that_only_contains_the_resident_oid_is_not_resident(
+    authority: str,
+) -> None:
+    ident = cx(["MR-7", "", "", authority, "MR"], "DEFAULT")
+    assert ident is not None and ident["system"] != RESIDENT_ID_SYSTEM
+
+
+def test_cx_type_ri_is_a_resource_identifier_not_the_resident_number() -> None:
+    ident = cx(["R-1", "", "", "XZ01", "RI"], "DEFAULT")
+    assert ident is not None
+    assert ident["system"] == "urn:yilian:mrn:XZ01"
+    assert ident["type"]["coding"][0]["code"] == "RI"
+
+
+def test_cx_type_mi_is_a_military_id_not_insurance() -> None:
+    ident = cx(["M-1", "", "", "XZ01", "MI"], "DEFAULT")
+    assert ident is not None and ident["system"] == "urn:yilian:mrn:XZ01"
 
 
 def test_cx_medical_record_number_with_authority() -> None:
@@ -317,7 +379,10 @@ def test_cx_without_authority_uses_the_default_assigner() -> None:
     }
 
 
-@pytest.mark.parametrize("comps", [["Y1", "", "", "", "SN"], ["Y1", "", "", "YB", ""]])
+@pytest.mark.parametrize(
+    "comps",
+    [["Y1", "", "", "", "SN"], ["Y1", "", "", "", "MC"], ["Y1", "", "", "YB", ""]],
+)
 def test_cx_medical_insurance(comps: list[str]) -> None:
     ident = cx(comps, "D")
     assert ident is not None and ident["system"] == MEDICAL_INSURANCE_SYSTEM

@@ -121,6 +121,35 @@ def test_components_repetitions_subcomponents() -> None:
     assert seg.reps(2) == []
 
 
+def test_empty_repetitions_keep_their_place() -> None:
+    msg = parse(message(MSH, "PID|1||A~~C^c2||~王^秀英|||~~|||~13800000000~"))
+    seg = msg.first("PID")
+    assert seg is not None
+    assert seg.reps(3) == [[["A"]], [[""]], [["C"], ["c2"]]]
+    assert seg.value(3, rep=0) == "A"
+    assert seg.value(3, rep=1) == "" and seg.components(3, 1) == [""]
+    assert seg.value(3, rep=2) == "C" and seg.value(3, 2, rep=2) == "c2"
+    assert seg.value(5) == "" and seg.value(5, 1, rep=1) == "王"
+    assert seg.reps(8) == []  # only repetition separators: an empty field
+    assert seg.value(8) == "" and seg.value(8, rep=1) == ""
+    assert seg.reps(11) == [[[""]], [["13800000000"]], [[""]]]
+
+
+def test_empty_repetitions_convert_to_nothing() -> None:
+    from adapters.hl7v2.mapping import datatypes as dt
+
+    msg = parse(message(MSH, "PID|1||~X1^^^XZ01^MR~~X2^^^XZ01^MR||~王^秀英~||||||||~13800000000"))
+    seg = msg.first("PID")
+    assert seg is not None
+    assert [i["value"] for i in dt.every(seg, 3, lambda c: dt.cx(c, "D"))] == ["X1", "X2"]
+    assert dt.every(seg, 5, dt.xpn) == [{"family": "王", "given": ["秀英"], "text": "王秀英"}]
+    assert dt.every(seg, 13, dt.xtn) == [{"system": "phone", "value": "13800000000"}]
+    assert dt.every(seg, 13, lambda c: {"comps": c}) == [{"comps": ["13800000000"]}]
+    nte = parse(message(MSH, "NTE|1||第一行~~第三行")).first("NTE")
+    assert nte is not None
+    assert dt.text(nte, 3) == "第一行\n\n第三行"  # an empty repetition is an empty line
+
+
 def test_null_value_reads_as_empty() -> None:
     msg = parse(message(MSH, 'PID|1||""'))
     seg = msg.first("PID")
@@ -180,12 +209,6 @@ def test_hex_escape_of_a_gb18030_character() -> None:
     assert nte.value(3, 2) == "𠀀"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/escape.py:40 decodes \\Xhh\\ with the declared codec itself "
-    "(gb2312/gbk), not with the GB 18030 superset charsets._DECODE_AS uses for the message "
-    "text, so a GBK character escaped in a 'GB 2312' message stays as '\\XD55C\\'",
-)
 def test_hex_escape_uses_the_same_superset_as_the_message_text() -> None:
     cheng = "誠".encode("gbk")  # in GBK, not in GB 2312
     raw = message(msh("GB 2312"), f"NTE|1||誠/\\X{cheng.hex().upper()}\\", codec="gbk")
@@ -267,17 +290,51 @@ def test_gbk_second_bytes_backslash_and_bar_do_not_split_or_escape(charset: str)
     assert nte.value(3) == "誠|東"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/message.py:239 finds MSH-18 by splitting the undecoded MSH "
-    "bytes on '|', so a GBK character with second byte 0x7C in MSH-3..MSH-17 (here MSH-4) "
-    "shifts the fields and the message is refused as charset 'CHN'",
-)
 def test_gbk_bar_second_byte_in_msh_does_not_shift_msh18() -> None:
     raw = message(msh("GBK", msh4="東城医院"), "PID|1||X1||王^誠", codec="gbk")
     msg = parse(raw)
     assert msg.codec == "gbk"
     assert msg.msh.value(4) == "東城医院"
+
+
+@pytest.mark.parametrize(
+    "charset, expected", [("GB 2312", "gb2312"), ("GB 18030-2000", "gb18030"), ("", "gb18030")]
+)
+def test_gbk_bar_second_byte_in_msh_with_other_gb_charsets(charset: str, expected: str) -> None:
+    raw = message(msh(charset, msh4="東城医院"), "PID|1||X1||王^誠", codec="gbk")
+    msg = parse(raw)
+    assert msg.codec == expected
+    assert msg.msh.value(4) == "東城医院"
+    assert msg.msh.value(17) == "CHN"
+    assert msg.first("PID").value(5, 2) == "誠"  # type: ignore[union-attr]
+
+
+def test_big5_bar_second_byte_in_msh_does_not_shift_msh18() -> None:
+    bar = "吜"  # Big5 CA 7C
+    assert bar.encode("big5")[1:] == b"|"
+    raw = message(msh("BIG5", msh4=f"{bar}城醫院"), f"PID|1||X1||王^{bar}", codec="big5")
+    msg = parse(raw)
+    assert msg.codec == "big5"
+    assert msg.msh.value(4) == f"{bar}城醫院"
+    assert msg.first("PID").value(5, 2) == bar  # type: ignore[union-attr]
+
+
+def test_unknown_charset_behind_a_gbk_bar_second_byte_is_named_as_sent() -> None:
+    raw = message(msh("KLINGON", msh4="東城医院"), "PID|1", codec="gbk")
+    with pytest.raises(Hl7Error) as info:
+        parse(raw)
+    assert info.value.reject is True
+    assert str(info.value.where) == "MSH-18"
+    assert "'KLINGON'" in str(info.value) and "'CHN'" not in str(info.value)
+
+
+def test_gbk_bytes_declared_utf8_behind_a_gbk_bar_second_byte_are_refused() -> None:
+    raw = message(msh("UNICODE UTF-8", msh4="東城医院"), "PID|1||X1||王^誠", codec="gbk")
+    with pytest.raises(Hl7Error) as info:
+        parse(raw)
+    assert info.value.reject is True
+    assert str(info.value.where) == "MSH-18"
+    assert "not valid utf-8" in str(info.value)
 
 
 def test_unknown_charset_is_refused_naming_msh18() -> None:
@@ -399,14 +456,13 @@ def test_a_bad_segment_later_in_the_message_names_its_position() -> None:
     assert "segment 5" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG adapters/hl7v2/message.py:191/218 - leading whitespace before MSH passes the "
-    "MSH check (head is lstripped) but the segment loop then refuses segment 1 as ' MS'",
-)
 def test_leading_whitespace_before_msh_is_tolerated() -> None:
     msg = parse(b"  " + message(MSH, "PID|1||X1"))
     assert msg.msh.value(10) == "CTRL-7"
+    assert [s.name for s in msg.segments] == ["MSH", "PID"]
+    assert msg.msh.value(3) == "LIS"
+    msg = parse(b"\r\n \t" + message(MSH, "PID|1||X1"))
+    assert msg.msh.sequence == 1 and msg.msh.value(10) == "CTRL-7"
 
 
 @pytest.mark.parametrize("path", sorted(PUBLIC.glob("*.hl7")), ids=lambda p: p.name)
