@@ -21,6 +21,10 @@ class _Prepared:
     keys: tuple[str, ...]
     processors: tuple[Callable[[Any], Any] | None, ...]
     positional: bool
+    head: str  # "INSERT INTO t (a, b) VALUES " for multi-row statements
+
+
+_MAX_PARAMETERS = 30000  # per statement (PostgreSQL allows 65535)
 
 
 _PREPARED: dict[tuple[str, str], _Prepared] = {}
@@ -32,12 +36,16 @@ def _prepare(table: Table, dialect: Dialect) -> _Prepared:
     if found is None:
         columns = [c for c in table.c if not (c.primary_key and c.autoincrement is True)]
         compiled = insert(table).compile(dialect=dialect, column_keys=[c.key for c in columns])
-        order = tuple(compiled.positiontup or ()) if compiled.positional else tuple(
-            c.key for c in columns
+        order = (
+            tuple(compiled.positiontup or ())
+            if compiled.positional
+            else tuple(c.key for c in columns)
         )
         by_key = {c.key: c for c in columns}
+        names = ", ".join(dialect.identifier_preparer.quote(k) for k in order)
         found = _Prepared(
             sql=str(compiled),
+            head=f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({names}) VALUES ",
             keys=order,
             processors=tuple(
                 by_key[k].type.dialect_impl(dialect).bind_processor(dialect) for k in order
@@ -54,6 +62,9 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         return
     prepared = _prepare(table, conn.dialect)
     pairs = list(zip(prepared.keys, prepared.processors, strict=True))
+    if conn.dialect.name == "postgresql":  # one round trip: a multi-row VALUES list
+        _insert_values(conn, prepared, pairs, rows)
+        return
     if prepared.positional:
         params: list[Any] = [
             tuple(p(row.get(k)) if p else row.get(k) for k, p in pairs) for row in rows
@@ -61,3 +72,15 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     else:
         params = [{k: (p(row.get(k)) if p else row.get(k)) for k, p in pairs} for row in rows]
     conn.exec_driver_sql(prepared.sql, params)  # type: ignore[arg-type]
+
+
+def _insert_values(
+    conn: Connection, prepared: _Prepared, pairs: list[Any], rows: list[dict[str, Any]]
+) -> None:
+    width = len(pairs)
+    group = "(" + ", ".join(["%s"] * width) + ")"
+    step = max(1, _MAX_PARAMETERS // width)
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        flat = [p(row.get(k)) if p else row.get(k) for row in chunk for k, p in pairs]
+        conn.exec_driver_sql(prepared.head + ", ".join([group] * len(chunk)), tuple(flat))

@@ -62,13 +62,25 @@ _SAME_CONTROL_ID = (
 
 def _archived(row: Any, with_raw: bool) -> Archived:
     return Archived(
-        id=row.id, protocol=row.protocol, origin=row.origin,
-        received=fhirdates.as_utc(row.received), sender=row.sender,
-        organization=row.organization, control_id=row.control_id,
-        content_hash=row.content_hash, message_type=row.message_type, version=row.version,
-        charset=row.charset, outcome=row.outcome, ack_code=row.ack_code, ack=row.ack,
-        warnings=json.loads(row.warnings), error=row.error, resources=json.loads(row.resources),
-        patient_id=row.patient_id, attempts=row.attempts,
+        id=row.id,
+        protocol=row.protocol,
+        origin=row.origin,
+        received=fhirdates.as_utc(row.received),
+        sender=row.sender,
+        organization=row.organization,
+        control_id=row.control_id,
+        content_hash=row.content_hash,
+        message_type=row.message_type,
+        version=row.version,
+        charset=row.charset,
+        outcome=row.outcome,
+        ack_code=row.ack_code,
+        ack=row.ack,
+        warnings=json.loads(row.warnings),
+        error=row.error,
+        resources=json.loads(row.resources),
+        patient_id=row.patient_id,
+        attempts=row.attempts,
         raw=row.raw if with_raw else None,
     )
 
@@ -86,8 +98,15 @@ def _json_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 def insert_row(conn: Connection, archive_id: str, **values: Any) -> str:
     now = fhirdates.now()
-    row = {"warnings": "[]", "resources": "[]", **_json_fields(values), "id": archive_id,
-           "received": now, "updated": now, "attempts": 1}
+    row = {
+        "warnings": "[]",
+        "resources": "[]",
+        **_json_fields(values),
+        "id": archive_id,
+        "received": now,
+        "updated": now,
+        "attempts": 1,
+    }
     bulk.insert_rows(conn, inbound_message, [row])
     return archive_id
 
@@ -98,8 +117,9 @@ def update_row(conn: Connection, archive_id: str, **values: Any) -> str:
     conn.execute(
         update(inbound_message)
         .where(inbound_message.c.id == archive_id)
-        .values(updated=fhirdates.now(), attempts=inbound_message.c.attempts + 1,
-                **_json_fields(values))
+        .values(
+            updated=fhirdates.now(), attempts=inbound_message.c.attempts + 1, **_json_fields(values)
+        )
     )
     return archive_id
 
@@ -123,13 +143,19 @@ def get(conn: Connection, archive_id: str) -> Archived | None:
 
 
 def listing(
-    conn: Connection, *, protocol: str | None = None, outcome: str | None = None,
-    limit: int = 50, offset: int = 0,
+    conn: Connection,
+    *,
+    protocol: str | None = None,
+    outcome: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[int, list[Archived]]:
     query = select(*_SUMMARY)
     count = select(func.count()).select_from(inbound_message)
-    for column, value in ((inbound_message.c.protocol, protocol),
-                          (inbound_message.c.outcome, outcome)):
+    for column, value in (
+        (inbound_message.c.protocol, protocol),
+        (inbound_message.c.outcome, outcome),
+    ):
         if value:
             query = query.where(column == value)
             count = count.where(column == value)

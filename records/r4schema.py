@@ -26,7 +26,10 @@ from typing import Any
 
 SCHEMA_FILE = Path(__file__).parent / "data" / "fhir-r4.schema.json.gz"
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "number": (int, float), "boolean": (bool,), "integer": (int,),
+    "string": (str,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "integer": (int,),
 }
 
 
@@ -159,16 +162,23 @@ def _property(value: Any, spec: _Property, path: str, out: list[str], limit: int
     elif spec.enum is not None:
         if not isinstance(value, str) or value not in spec.enum:
             shown = ", ".join(sorted(spec.enum))[:200]
-            out.append(f"{path}: {json.dumps(value, ensure_ascii=False)[:40]} is not one of "
-                       f"{shown}")
+            out.append(
+                f"{path}: {json.dumps(value, ensure_ascii=False)[:40]} is not one of {shown}"
+            )
     elif spec.ref is not None:
         _check(value, spec.ref, path, out, limit)
     elif spec.json_type is not None:
         _primitive(value, spec.json_type, spec.pattern, "value", path, out)
 
 
-def _primitive(value: Any, json_type: tuple[type, ...], pattern: re.Pattern[str] | None,
-               name: str, path: str, out: list[str]) -> None:
+def _primitive(
+    value: Any,
+    json_type: tuple[type, ...],
+    pattern: re.Pattern[str] | None,
+    name: str,
+    path: str,
+    out: list[str],
+) -> None:
     if not isinstance(value, json_type) or (json_type != (bool,) and isinstance(value, bool)):
         out.append(f"{path}: {_shown(value)} is not a {name}")
     elif pattern is not None and isinstance(value, str) and not pattern.search(value):

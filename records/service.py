@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -619,20 +620,16 @@ class RecordService:
         for the gateway's own ingest)."""
         if not keys:
             return {}
-        t = search_token
         wanted = set(keys)
         by_type: dict[str, set[str]] = {}
         for rtype, _, value in keys:
             by_type.setdefault(rtype, set()).add(value)
-        # (res_type, param, code) is the index: name the type in each branch
-        branches = [and_(t.c.res_type == rtype, t.c.code.in_(sorted(values)))
-                    for rtype, values in sorted(by_type.items())]
-        rows = conn.execute(
-            select(t.c.system, t.c.code, *query.base_query("Patient").selected_columns)
-            .join(resource, (resource.c.res_type == t.c.res_type)
-                  & (resource.c.res_id == t.c.res_id))
-            .where(t.c.param == "identifier", or_(*branches), resource.c.deleted.is_(False))
-        )
+        types = tuple(sorted(by_type))
+        params: dict[str, Any] = {}
+        for i, rtype in enumerate(types):
+            params[f"t{i}"] = rtype
+            params[f"c{i}"] = sorted(by_type[rtype])
+        rows = conn.execute(_identifier_lookup(len(types)), params)
         found: dict[tuple[str, str, str], Stored] = {}
         for row in rows:
             key = (row.res_type, row.system, row.code)
@@ -674,7 +671,9 @@ class RecordService:
         """Live resources of a type carrying an identifier (no access rules: for system use)."""
         t = search_token
         ids = select(t.c.res_id).where(
-            t.c.res_type == rtype, t.c.param == "identifier", t.c.system == system,
+            t.c.res_type == rtype,
+            t.c.param == "identifier",
+            t.c.system == system,
             t.c.code == value,
         )
         rows = conn.execute(query.base_query(rtype).where(resource.c.res_id.in_(ids)))
@@ -725,6 +724,23 @@ class RecordService:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+@cache
+def _identifier_lookup(branches: int) -> Any:
+    """Resources by identifier for ``branches`` resource types; (res_type, param, code) is
+    the index, so each branch names its type. Built once per number of types."""
+    t = search_token
+    conditions = [
+        and_(t.c.res_type == bindparam(f"t{i}"), t.c.code.in_(bindparam(f"c{i}", expanding=True)))
+        for i in range(branches)
+    ]
+    return (
+        select(t.c.system, t.c.code, *query.base_query("Patient").selected_columns)
+        .join(resource, (resource.c.res_type == t.c.res_type) & (resource.c.res_id == t.c.res_id))
+        .where(t.c.param == "identifier", or_(*conditions), resource.c.deleted.is_(False))
+    )
+
 
 _RESIDENT_ID_HOLDER = select(search_token.c.res_id).where(
     search_token.c.res_type == "Patient",

@@ -117,9 +117,7 @@ def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
     when = _now()
     stamp = fhirdates.instant(when)
     existing = {
-        (it.rtype, it.rid): current(conn, it.rtype, it.rid, lock=True)
-        for it in items
-        if not it.new
+        (it.rtype, it.rid): current(conn, it.rtype, it.rid, lock=True) for it in items if not it.new
     }
     in_batch: dict[tuple[str, str], str | None] = {}  # patient of resources written here
     inserts, updates, versions = [], [], []
@@ -129,27 +127,47 @@ def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
     for it in items:
         old = existing.get((it.rtype, it.rid))
         version = old.version + 1 if old else 1
-        meta = {k: v for k, v in (it.body.get("meta") or {}).items()
-                if k not in ("versionId", "lastUpdated")}
+        meta = {
+            k: v
+            for k, v in (it.body.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")
+        }
         rest = {k: v for k, v in it.body.items() if k not in ("resourceType", "id", "meta")}
         stored_body = {
-            "resourceType": it.rtype, "id": it.rid,
-            "meta": {"versionId": str(version), "lastUpdated": stamp, **meta}, **rest,
+            "resourceType": it.rtype,
+            "id": it.rid,
+            "meta": {"versionId": str(version), "lastUpdated": stamp, **meta},
+            **rest,
         }
         content = dumps(stored_body)
         patient_id, org_id = compartment(conn, it.rtype, it.rid, stored_body, in_batch)
         in_batch[(it.rtype, it.rid)] = patient_id
-        row = {"version": version, "last_updated": when, "deleted": False,
-               "patient_id": patient_id, "org_id": org_id, "content": content}
+        row = {
+            "version": version,
+            "last_updated": when,
+            "deleted": False,
+            "patient_id": patient_id,
+            "org_id": org_id,
+            "content": content,
+        }
         if old is None:
             inserts.append({"res_type": it.rtype, "res_id": it.rid, **row})
         else:
-            updates.append({"k_type": it.rtype, "k_id": it.rid,
-                            **{f"v_{k}": v for k, v in row.items()}})
+            updates.append(
+                {"k_type": it.rtype, "k_id": it.rid, **{f"v_{k}": v for k, v in row.items()}}
+            )
             drops.append({"k_type": it.rtype, "k_id": it.rid})
-        versions.append({"res_type": it.rtype, "res_id": it.rid, "version": version,
-                         "last_updated": when, "method": it.method, "deleted": False,
-                         "content": content})
+        versions.append(
+            {
+                "res_type": it.rtype,
+                "res_id": it.rid,
+                "version": version,
+                "last_updated": when,
+                "method": it.method,
+                "deleted": False,
+                "content": content,
+            }
+        )
         for table, rows in index_rows(it.rtype, it.rid, stored_body).items():
             index[table].extend(rows)
         out.append(Stored(it.rtype, it.rid, version, when, False, content, patient_id))
@@ -214,7 +232,10 @@ def history(
 
 
 def compartment(
-    conn: Connection, rtype: str, rid: str, body: dict[str, Any],
+    conn: Connection,
+    rtype: str,
+    rid: str,
+    body: dict[str, Any],
     in_batch: dict[tuple[str, str], str | None] | None = None,
 ) -> tuple[str | None, str | None]:
     """(patient id whose compartment holds this resource, managing organization of a Patient)."""
@@ -254,8 +275,12 @@ def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dic
         elif param.kind == "string":
             for text in set(searchparams.strings(body, param)):
                 rows[search_string].append(
-                    {**key, "param": param.name, "value": searchparams.normalise(text)[:255],
-                     "raw": text[:255]}
+                    {
+                        **key,
+                        "param": param.name,
+                        "value": searchparams.normalise(text)[:255],
+                        "raw": text[:255],
+                    }
                 )
         elif param.kind == "date":
             for value in searchparams.values(body, param):
@@ -267,8 +292,12 @@ def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dic
         elif param.kind == "reference":
             for target_type, target_id in set(searchparams.references(body, param)):
                 rows[search_reference].append(
-                    {**key, "param": param.name, "target_type": target_type,
-                     "target_id": target_id[:255]}
+                    {
+                        **key,
+                        "param": param.name,
+                        "target_type": target_type,
+                        "target_id": target_id[:255],
+                    }
                 )
     return rows
 
@@ -280,15 +309,24 @@ def _drop_index(conn: Connection, rtype: str, rid: str) -> None:
 
 # Statements built once: SQLAlchemy then reuses their compiled form on every execution.
 _SELECT_CURRENT = select(
-    resource.c.res_type, resource.c.res_id, resource.c.version, resource.c.last_updated,
-    resource.c.deleted, resource.c.content, resource.c.patient_id,
+    resource.c.res_type,
+    resource.c.res_id,
+    resource.c.version,
+    resource.c.last_updated,
+    resource.c.deleted,
+    resource.c.content,
+    resource.c.patient_id,
 ).where(resource.c.res_type == bindparam("rtype"), resource.c.res_id == bindparam("rid"))
 _SELECT_CURRENT_LOCKED = _SELECT_CURRENT.with_for_update()
 _UPDATE_RESOURCE = (
     update(resource)
     .where(resource.c.res_type == bindparam("k_type"), resource.c.res_id == bindparam("k_id"))
-    .values(**{c: bindparam(f"v_{c}") for c in
-               ("version", "last_updated", "deleted", "patient_id", "org_id", "content")})
+    .values(
+        **{
+            c: bindparam(f"v_{c}")
+            for c in ("version", "last_updated", "deleted", "patient_id", "org_id", "content")
+        }
+    )
 )
 _DELETE_INDEX = {
     t.name: delete(t).where(t.c.res_type == bindparam("k_type"), t.c.res_id == bindparam("k_id"))

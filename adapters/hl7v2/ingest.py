@@ -30,7 +30,7 @@ from adapters.hl7v2.errors import (
 )
 from adapters.hl7v2.escape import unescape
 from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
-from adapters.hl7v2.mapping.datatypes import dtm
+from adapters.hl7v2.mapping.datatypes import dtm, urn_part
 from adapters.hl7v2.mapping.translation import Context, Translation
 from adapters.hl7v2.message import Message, parse
 from records import audit_log, fhirdates, inbound, store
@@ -228,7 +228,8 @@ class Hl7Ingest:
         return None
 
     def _translate(self, message: Message, organization: str) -> Translation:
-        ctx = Context(message.msh.value(4), organization, self.settings.default_tz)
+        # MSH-4 names systems of the clinic's own numbers: keep it fit for a URN
+        ctx = Context(urn_part(message.msh.value(4)), organization, self.settings.default_tz)
         translation = MAPPERS[message.msh.value(9, 1).upper()](message, ctx)
         sent = dtm(message.msh.value(7), message.msh.where(7), ctx.default_tz)  # read: mapped
         if translation.occurred is None:  # when the event happened: EVN if any, else MSH-7
@@ -395,6 +396,11 @@ def apply(
                 continue  # the message says what the record already says: no new version
         writes.append((rtype, rid, body, new))
     # our own translations: the R4 schema check, not the 1 ms-a-resource model validation
+    if writes and not translation.merges:  # the usual case: Provenance in the same statements
+        refs = [f"{rtype}/{rid}" for rtype, rid, _, _ in writes]
+        provenance = _provenance(refs, archive_id, header, translation, who)
+        writes.append(("Provenance", store.new_id(), provenance, True))
+        return records.write_batch(conn, who, writes, models=False)
     written = records.write_batch(conn, who, writes, models=False) if writes else []
     for merge in translation.merges:
         source = _find(records, conn, "Patient", merge.source)
@@ -406,7 +412,8 @@ def apply(
             merged, _moved = records.merge_in(conn, who, source.res_id, target)
             written.append(merged)
     if written:
-        provenance = _provenance(written, archive_id, header, translation, who)
+        refs = [f"{s.res_type}/{s.res_id}" for s in written]
+        provenance = _provenance(refs, archive_id, header, translation, who)
         write = ("Provenance", store.new_id(), provenance, True)
         written += records.write_batch(conn, who, [write], models=False)
     return written
@@ -446,7 +453,7 @@ def _resolve(node: Any, resolved: dict[str, str]) -> Any:
 
 
 def _provenance(
-    written: list[Stored],
+    targets: list[str],
     archive_id: str,
     header: ack.Header,
     translation: Translation,
@@ -469,7 +476,7 @@ def _provenance(
     }
     body: dict[str, Any] = {
         "resourceType": "Provenance",
-        "target": [{"reference": f"{s.res_type}/{s.res_id}"} for s in written],
+        "target": [{"reference": ref} for ref in targets],
         "recorded": fhirdates.instant(fhirdates.now()),
         "activity": {
             "coding": [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from adapters.hl7v2.errors import DATA_TYPE_ERROR, Hl7Error, Location
 from adapters.hl7v2.message import Segment
@@ -28,6 +29,11 @@ CODE_SYSTEMS = {
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 
 
+def urn_part(text: str) -> str:
+    """A name from a message made fit for a URN ('Priority Health' -> 'Priority%20Health')."""
+    return quote(text.strip(), safe="._-:%")
+
+
 def code_system(name: str) -> str | None:
     name = name.strip()
     if not name:
@@ -38,7 +44,7 @@ def code_system(name: str) -> str | None:
         return V2_TABLE + name[3:]
     if name.startswith(("http://", "https://", "urn:")):
         return name
-    return f"urn:yilian:cs:{name}"
+    return f"urn:yilian:cs:{urn_part(name)}"
 
 
 def dtm(value: str, where: Location, default_tz: str = "+08:00") -> str | None:
@@ -243,7 +249,7 @@ def cx(comps: list[str], default_assigner: str) -> dict[str, Any] | None:
     elif kind.strip().upper() in INSURANCE_TYPES or namespace.upper() in ("YB", "医保"):
         ident["system"] = MEDICAL_INSURANCE_SYSTEM
     else:
-        ident["system"] = f"urn:yilian:mrn:{namespace or default_assigner}"
+        ident["system"] = f"urn:yilian:mrn:{urn_part(namespace or default_assigner)}"
     if kind:
         ident["type"] = {"coding": [{"system": V2_TABLE + "0203", "code": kind}]}
     return ident
@@ -259,7 +265,7 @@ def xcn(comps: list[str]) -> dict[str, Any] | None:
     if ident:
         ref["identifier"] = {"value": ident}
         if comps[8]:
-            ref["identifier"]["system"] = f"urn:yilian:staff:{comps[8].split('&')[0]}"
+            ref["identifier"]["system"] = f"urn:yilian:staff:{urn_part(comps[8].split('&')[0])}"
     name = (family + given) if _cjk(family + given) else " ".join(x for x in (given, family) if x)
     if name:
         ref["display"] = name

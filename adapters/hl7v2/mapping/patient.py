@@ -30,13 +30,13 @@ def patient_entry(pid: Segment, ctx: Context, translation: Translation) -> str:
         body["birthDate"] = birth
     sex = pid.value(8)
     if sex:
-        if sex.upper() not in SEX:
-            raise Hl7Error(
-                f"administrative sex '{sex}' is not in HL7 table 0001 (M F O U A N)",
-                pid.where(8),
-                "103",
+        if sex.upper() in SEX:
+            body["gender"] = SEX[sex.upper()]
+        else:  # keep the patient flowing; say what was left out
+            translation.warnings.append(
+                f"{pid.where(8)}: administrative sex '{sex}' is not in HL7 table 0001 "
+                "(M F O U A N); gender left out"
             )
-        body["gender"] = SEX[sex.upper()]
     addresses = dt.every(pid, 11, dt.xad)
     if addresses:
         body["address"] = addresses
