@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gateway.settings import Settings, load_settings
+from records.db import reader
 
 
 def _settings(config: Path | None) -> Settings:
@@ -218,7 +219,7 @@ def audit_verify(config: Path | None) -> None:
 
     ctx = _context(config)
     try:
-        with ctx.engine.connect() as conn:
+        with reader(ctx.engine).connect() as conn:
             count, broken = audit_log.verify(conn)
     finally:
         ctx.close()
@@ -235,8 +236,11 @@ def hl7() -> None:
 
 
 @hl7.command("list")
-@click.option("--outcome", type=click.Choice(["accepted", "accepted-with-warnings", "rejected",
-                                              "failed"]), default=None)
+@click.option(
+    "--outcome",
+    type=click.Choice(["accepted", "accepted-with-warnings", "rejected", "failed"]),
+    default=None,
+)
 @click.option("--limit", default=50, show_default=True)
 @config_option
 def hl7_list(outcome: str | None, limit: int, config: Path | None) -> None:
@@ -245,15 +249,17 @@ def hl7_list(outcome: str | None, limit: int, config: Path | None) -> None:
 
     ctx = _context(config)
     try:
-        with ctx.engine.connect() as conn:
+        with reader(ctx.engine).connect() as conn:
             total, rows = inbound.listing(conn, protocol="hl7v2", outcome=outcome, limit=limit)
     finally:
         ctx.close()
     click.echo(f"{total} message(s)")
     for row in rows:
-        click.echo(f"{row.id}  {row.received:%Y-%m-%d %H:%M:%S}  {row.outcome:<22} "
-                   f"{row.ack_code or '--':<2}  {row.message_type or '?':<10} "
-                   f"{row.sender or '?'}  {row.control_id or ''}")
+        click.echo(
+            f"{row.id}  {row.received:%Y-%m-%d %H:%M:%S}  {row.outcome:<22} "
+            f"{row.ack_code or '--':<2}  {row.message_type or '?':<10} "
+            f"{row.sender or '?'}  {row.control_id or ''}"
+        )
 
 
 @hl7.command("show")
@@ -266,15 +272,27 @@ def hl7_show(archive_id: str, config: Path | None) -> None:
 
     ctx = _context(config)
     try:
-        with ctx.engine.connect() as conn:
+        with reader(ctx.engine).connect() as conn:
             row = inbound.get(conn, archive_id)
     finally:
         ctx.close()
     if row is None:
         raise click.ClickException(f"no archived message {archive_id}")
     shown = detail(row)
-    for key in ("id", "received", "origin", "sender", "control_id", "message_type", "version",
-                "charset", "outcome", "ack_code", "error", "attempts"):
+    for key in (
+        "id",
+        "received",
+        "origin",
+        "sender",
+        "control_id",
+        "message_type",
+        "version",
+        "charset",
+        "outcome",
+        "ack_code",
+        "error",
+        "attempts",
+    ):
         click.echo(f"{key:>13}: {shown[key]}")
     for warning in shown["warnings"]:
         click.echo(f"      warning: {warning}")

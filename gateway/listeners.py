@@ -11,6 +11,7 @@ from adapters.hl7v2.listener import (
     server_context,
 )
 from gateway.context import Context
+from records.db import reader
 from records.fhirtypes import ORG_CODE_SYSTEM
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,6 @@ class Listeners:
         name = certificate_common_name(certificate)
         if not name:
             return None
-        with self.ctx.engine.connect() as conn:
+        with reader(self.ctx.engine).connect() as conn:
             found = self.ctx.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, name)
         return found[0].res_id if found else None

@@ -33,7 +33,7 @@ from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm, urn_part
 from adapters.hl7v2.mapping.translation import Context, Translation
 from adapters.hl7v2.message import Message, parse
-from records import audit_log, fhirdates, inbound, store
+from records import audit_log, db, fhirdates, inbound, store
 from records.audit_log import Event
 from records.committer import GroupCommitter
 from records.errors import FhirError
@@ -114,7 +114,7 @@ class Hl7Ingest:
     def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
         """Run an archived message through the ingest again (after a sender was registered
         or a mapping fixed); the archive row keeps its id and counts the attempt."""
-        with self.records.engine.connect() as conn:
+        with db.reader(self.records.engine).connect() as conn:
             found = inbound.get(conn, archive_id)
         if found is None or found.protocol != PROTOCOL or found.raw is None:
             return None
@@ -193,7 +193,7 @@ class Hl7Ingest:
         known = self._members.get(facility)
         if known:
             return known
-        with self.records.engine.connect() as conn:
+        with db.reader(self.records.engine).connect() as conn:
             found = self.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, facility)
         if not found:  # not remembered: a clinic registered a minute ago is found at once
             raise Hl7Error(

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from gateway.deps import ContextDep, PrincipalDep
 from records import inbound
 from records.audit_log import Event
+from records.db import reader
 from records.errors import Forbidden, NotFound
 from security.principal import Principal, Role
 
@@ -70,7 +71,7 @@ def list_messages(
     offset: int = 0,
 ) -> dict[str, Any]:
     _admin(who)
-    with ctx.engine.connect() as conn:
+    with reader(ctx.engine).connect() as conn:
         total, rows = inbound.listing(
             conn, protocol=protocol, outcome=outcome, limit=limit, offset=offset
         )
@@ -81,7 +82,7 @@ def list_messages(
 @router.get("/messages/{archive_id}")
 def show_message(archive_id: str, ctx: ContextDep, who: PrincipalDep) -> dict[str, Any]:
     _admin(who)
-    with ctx.engine.connect() as conn:
+    with reader(ctx.engine).connect() as conn:
         row = inbound.get(conn, archive_id)
     if row is None:
         raise NotFound(f"no archived message {archive_id}")
