@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,19 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not server:
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'yilian-test.db'}"
         return
-    name = f"yilian_test_{uuid.uuid4().hex[:10]}"
+    with postgres_database(server, "yilian_test") as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(server: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server for as long as the block runs."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

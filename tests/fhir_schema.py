@@ -9,40 +9,19 @@ own fast checks. Tests check with jsonschema, an independent implementation.
 from __future__ import annotations
 
 import copy
-import gzip
-import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft6Validator
 
-SCHEMA_FILE = Path(__file__).parents[1] / "records" / "data" / "fhir-r4.schema.json.gz"
+from records import r4schema
 
 
-@cache
 def _definitions() -> dict[str, Any]:
-    with gzip.open(SCHEMA_FILE, "rt", encoding="utf-8") as handle:
-        schema = json.load(handle)
-    assert schema["id"] == "http://hl7.org/fhir/json-schema/4.0"
-    definitions: dict[str, Any] = schema["definitions"]
-    _add_fhir_version_401(definitions)
+    # the same vendored schema file the gateway ships (with its one 4.0.1 erratum applied),
+    # checked here by jsonschema: an implementation independent of records.r4schema
+    definitions: dict[str, Any] = r4schema.definitions()
     return definitions
-
-
-def _add_fhir_version_401(node: Any) -> None:
-    """This copy of the schema was generated from R4 4.0.0; the 4.0.1 technical correction added
-    '4.0.1' to the FHIRVersion codes. Add that one code wherever the enumeration appears; nothing
-    else of the schema is touched."""
-    if isinstance(node, dict):
-        enum = node.get("enum")
-        if isinstance(enum, list) and "4.0.0" in enum and "3.5.0" in enum and "4.0.1" not in enum:
-            enum.append("4.0.1")
-        for value in node.values():
-            _add_fhir_version_401(value)
-    elif isinstance(node, list):
-        for value in node:
-            _add_fhir_version_401(value)
 
 
 @cache

@@ -15,18 +15,16 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from gateway.demo import DEMO_PASSWORD, resident_id
 from records.identity import RESIDENT_ID_SYSTEM
-from tests.conftest import PG_ENV
+from tests.conftest import PG_ENV, postgres_database
 from tests.fhir_schema import assert_r4
 
 pytestmark = pytest.mark.slow
@@ -45,16 +43,8 @@ def fresh_database(tmp_path: Path) -> Iterator[str]:
     if not server:
         yield f"sqlite:///{tmp_path / 'var' / 'yilian.db'}"
         return
-    name = f"yilian_e2e_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8'"))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database(server, "yilian_e2e") as url:
+        yield url
 
 
 @pytest.fixture
