@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.hl7v2.errors import REQUIRED_FIELD_MISSING, UNSUPPORTED_EVENT, Hl7Error, Location
+from adapters.hl7v2.errors import REQUIRED_FIELD_MISSING, Hl7Error, Location
 from adapters.hl7v2.mapping import datatypes as dt
 from adapters.hl7v2.mapping.encounter import encounter_entry
 from adapters.hl7v2.mapping.patient import patient_entry
@@ -13,6 +13,7 @@ from adapters.hl7v2.mapping.translation import (
     Context,
     Merge,
     Translation,
+    check_event,
 )
 from adapters.hl7v2.message import Message
 
@@ -32,14 +33,7 @@ EVENTS = set(STATUS) | PERSON_ONLY | {"A40"}
 
 
 def translate(message: Message, ctx: Context) -> Translation:
-    event = message.msh.value(9, 2)
-    if event not in EVENTS:
-        raise Hl7Error(
-            f"ADT^{event} is not supported; supported: {', '.join(sorted(EVENTS))}",
-            Location("MSH", 1, 9, 2),
-            UNSUPPORTED_EVENT,
-            reject=True,
-        )
+    event = check_event(message, EVENTS)
     translation = Translation(message)
     evn = message.first("EVN")
     if evn is not None:

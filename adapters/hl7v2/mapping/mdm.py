@@ -33,7 +33,6 @@ from typing import Any
 from adapters.hl7v2.errors import (
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
-    UNSUPPORTED_EVENT,
     Hl7Error,
     Location,
 )
@@ -42,7 +41,14 @@ from adapters.hl7v2.mapping import datatypes as dt
 from adapters.hl7v2.mapping.encounter import encounter_entry
 from adapters.hl7v2.mapping.orders import order_groups, order_system, service_request
 from adapters.hl7v2.mapping.patient import patient_entry
-from adapters.hl7v2.mapping.translation import Context, Entry, Translation, new_key, ref
+from adapters.hl7v2.mapping.translation import (
+    Context,
+    Entry,
+    Translation,
+    check_event,
+    new_key,
+    ref,
+)
 from adapters.hl7v2.message import Message, Segment
 
 WITH_CONTENT = {"T02", "T04", "T06", "T08"}
@@ -72,15 +78,7 @@ PRESENTATION = {"TX": "text/plain", "TEXT": "text/plain", "FT": "text/plain"}
 
 
 def translate(message: Message, ctx: Context) -> Translation:
-    event = message.msh.value(9, 2)
-    if event not in EVENTS:
-        raise Hl7Error(
-            f"MDM^{event} is not supported; supported: "
-            + ", ".join(f"MDM^{e}" for e in sorted(EVENTS)),
-            Location("MSH", 1, 9, 2),
-            UNSUPPORTED_EVENT,
-            reject=True,
-        )
+    event = check_event(message, EVENTS)
     translation = Translation(message)
     evn = message.first("EVN")
     if evn is not None:

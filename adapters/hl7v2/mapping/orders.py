@@ -42,14 +42,20 @@ from adapters.hl7v2.errors import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
-    UNSUPPORTED_EVENT,
     Hl7Error,
     Location,
 )
 from adapters.hl7v2.mapping import datatypes as dt
 from adapters.hl7v2.mapping.encounter import encounter_entry
 from adapters.hl7v2.mapping.patient import patient_entry
-from adapters.hl7v2.mapping.translation import Context, Entry, Translation, new_key, ref
+from adapters.hl7v2.mapping.translation import (
+    Context,
+    Entry,
+    Translation,
+    check_event,
+    new_key,
+    ref,
+)
 from adapters.hl7v2.message import Message, Segment
 
 EVENTS = {"ORM": ("O01",), "OML": ("O21", "O33", "O35")}
@@ -89,16 +95,8 @@ MAPPED = {"TQ1", "OBR", "NTE", "DG1"}
 
 
 def translate(message: Message, ctx: Context) -> Translation:
-    kind, event = message.msh.value(9, 1).upper(), message.msh.value(9, 2)
-    supported = EVENTS.get(kind, ())
-    if event not in supported:
-        raise Hl7Error(
-            f"{kind}^{event} is not supported; supported: "
-            + ", ".join(f"{kind}^{e}" for e in supported),
-            Location("MSH", 1, 9, 2),
-            UNSUPPORTED_EVENT,
-            reject=True,
-        )
+    kind = message.msh.value(9, 1).upper()
+    event = check_event(message, EVENTS.get(kind, ()))
     translation = Translation(message)
     pid = message.first("PID")
     if pid is None:

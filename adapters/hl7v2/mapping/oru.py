@@ -9,7 +9,6 @@ from typing import Any
 from adapters.hl7v2.errors import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
-    UNSUPPORTED_EVENT,
     Hl7Error,
     Location,
 )
@@ -17,7 +16,14 @@ from adapters.hl7v2.mapping import datatypes as dt
 from adapters.hl7v2.mapping.attachment import ed as ed_attachment
 from adapters.hl7v2.mapping.encounter import encounter_entry
 from adapters.hl7v2.mapping.patient import patient_entry
-from adapters.hl7v2.mapping.translation import Context, Entry, Translation, new_key, ref
+from adapters.hl7v2.mapping.translation import (
+    Context,
+    Entry,
+    Translation,
+    check_event,
+    new_key,
+    ref,
+)
 from adapters.hl7v2.message import Message, Segment
 
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -113,14 +119,7 @@ _BOUND = re.compile(r"^\s*([<>]=?)\s*(-?\d+(?:\.\d+)?)\s*$")
 
 
 def translate(message: Message, ctx: Context) -> Translation:
-    event = message.msh.value(9, 2)
-    if event not in ("R01", ""):
-        raise Hl7Error(
-            f"ORU^{event} is not supported; ORU^R01 is",
-            Location("MSH", 1, 9, 2),
-            UNSUPPORTED_EVENT,
-            reject=True,
-        )
+    check_event(message, ("R01", ""))
     translation = Translation(message)
     pid = message.first("PID")
     if pid is None:

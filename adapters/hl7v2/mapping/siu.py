@@ -31,7 +31,6 @@ from typing import Any
 from adapters.hl7v2.errors import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
-    UNSUPPORTED_EVENT,
     Hl7Error,
     Location,
 )
@@ -39,7 +38,14 @@ from adapters.hl7v2.mapping import datatypes as dt
 from adapters.hl7v2.mapping.encounter import PARTICIPATION, encounter_entry
 from adapters.hl7v2.mapping.orders import order_system
 from adapters.hl7v2.mapping.patient import patient_entry
-from adapters.hl7v2.mapping.translation import Context, Entry, Translation, new_key, ref
+from adapters.hl7v2.mapping.translation import (
+    Context,
+    Entry,
+    Translation,
+    check_event,
+    new_key,
+    ref,
+)
 from adapters.hl7v2.message import Message, Segment
 
 EVENT_STATUS = {
@@ -105,15 +111,7 @@ CONTACTS = (
 
 
 def translate(message: Message, ctx: Context) -> Translation:
-    event = message.msh.value(9, 2)
-    if event not in EVENT_STATUS:
-        raise Hl7Error(
-            f"SIU^{event} is not supported; supported: "
-            + ", ".join(f"SIU^{e}" for e in EVENT_STATUS),
-            Location("MSH", 1, 9, 2),
-            UNSUPPORTED_EVENT,
-            reject=True,
-        )
+    event = check_event(message, EVENT_STATUS)
     translation = Translation(message)
     sch = message.first("SCH")
     if sch is None:

@@ -4,9 +4,11 @@ each other. Pure data: building it needs no database, so it runs outside the wri
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.hl7v2.errors import UNSUPPORTED_EVENT, Hl7Error, Location
 from adapters.hl7v2.message import Message
 
 
@@ -58,3 +60,18 @@ def new_key() -> str:
 def ref(key: str) -> dict[str, str]:
     """A reference to another entry of the same translation (resolved when applied)."""
     return {"reference": f"urn:uuid:{key}"}
+
+
+def check_event(message: Message, supported: Iterable[str]) -> str:
+    """The trigger event of MSH-9, or AR (table 0357 code 201) when the mapping has none for it."""
+    kind, event = message.msh.value(9, 1).upper(), message.msh.value(9, 2)
+    allowed = set(supported)
+    if event not in allowed:
+        names = ", ".join(f"{kind}^{e}" for e in sorted(allowed) if e)
+        raise Hl7Error(
+            f"{kind}^{event} is not supported; supported: {names}",
+            Location("MSH", 1, 9, 2),
+            UNSUPPORTED_EVENT,
+            reject=True,
+        )
+    return event
