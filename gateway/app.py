@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.context import Context
@@ -85,5 +85,3 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     app.include_router(pages.router)
     return app
 
-
-__all__ = ["create_app", "HTMLResponse"]

@@ -70,10 +70,6 @@ def reader(engine: Engine) -> Engine:
     return engine.execution_options(yilian_readonly=True)
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def _alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
