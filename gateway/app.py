@@ -28,7 +28,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = ctx is None
-        app.state.ctx = context = ctx or Context.build(settings)
+        app.state.ctx = context = ctx or Context.build(settings, serving=True)
         listeners = Listeners(context)
         await listeners.start()
         app.state.mllp = listeners.mllp
@@ -84,4 +84,3 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(pages.router)
     return app
-

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from adapters.hl7v2.ingest import Hl7Ingest
 from adapters.hl7v2.ingest import Settings as IngestSettings
+from adapters.hl7v2.workers import StagingPool
 from gateway.settings import Settings
 from records import db
 from records.service import RecordService
@@ -27,7 +28,9 @@ class Context:
     executor: ThreadPoolExecutor = field(repr=False, default_factory=ThreadPoolExecutor)
 
     @classmethod
-    def build(cls, settings: Settings, *, migrate: bool = True) -> Context:
+    def build(cls, settings: Settings, *, migrate: bool = True, serving: bool = False) -> Context:
+        """``serving``: the gateway itself (``yilian serve``), which starts the HL7 worker
+        processes; a CLI command works in its own process only."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = db.make_engine(
             settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
@@ -50,10 +53,21 @@ class Context:
                 sender_charsets=settings.hl7_sender_charsets,
             ),
         )
+        workers = settings.resolved_hl7_workers if serving else 0
+        if workers:
+            hl7.stager = StagingPool(
+                workers,
+                settings.resolved_database_url,
+                hl7.settings,
+                hl7.prepare,
+                sqlite_synchronous=settings.sqlite_synchronous,
+            )
         executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")
         return cls(settings, engine, records, tokens, hl7, executor)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        if isinstance(self.hl7.stager, StagingPool):
+            self.hl7.stager.close()
         self.hl7.close()
         self.engine.dispose()

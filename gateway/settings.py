@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     # Character set per sending facility (MSH-4) for senders that leave MSH-18 empty.
     hl7_sender_charsets: dict[str, str] = Field(default_factory=dict)
     ingest_threads: int = Field(default=8, ge=1, le=64)
+    # Processes that parse and map HL7 v2 beside the gateway's own (None: one per CPU when
+    # there are several; 0: none, everything in the gateway's process).
+    hl7_workers: int | None = Field(default=None, ge=0, le=64)
+
+    @property
+    def resolved_hl7_workers(self) -> int:
+        if self.hl7_workers is not None:
+            return self.hl7_workers
+        if (
+            self.resolved_database_url.startswith("sqlite")
+            and ":memory:" in self.resolved_database_url
+        ):
+            return 0
+        cpus = os.cpu_count() or 1
+        return cpus if cpus > 1 else 0
 
     @field_validator("dicom_ae")
     @classmethod

@@ -48,28 +48,34 @@ class Event:
 
 def append(conn: Connection, who: Principal, event: Event) -> int:
     """Write one record per patient touched (one with no patient if none); return the last seq."""
+    return append_many(conn, [(who, event)])
+
+
+def append_many(conn: Connection, events: list[tuple[Principal, Event]]) -> int:
+    """``append`` for several events in order, with one read and one move of the chain's head."""
     head = conn.execute(_HEAD).one()
     seq, prev = head.seq, head.hash
     recorded = fhirdates.now()
     rows = []
-    for patient, resources in event.per_patient() or [(None, ())]:
-        seq += 1
-        entry = AuditEntry(
-            seq=seq,
-            recorded=recorded,
-            actor=who.username,
-            role=who.role.value,
-            organization=who.organization,
-            action=event.action,
-            resources=tuple(resources[:200]),
-            patient=patient,
-            outcome=event.outcome,
-            detail=(event.detail or None) and event.detail[:500],
-            source=who.source,
-        )
-        digest = chain_hash(prev, entry)
-        rows.append(_row(entry, prev, digest))
-        prev = digest
+    for who, event in events:
+        for patient, resources in event.per_patient() or [(None, ())]:
+            seq += 1
+            entry = AuditEntry(
+                seq=seq,
+                recorded=recorded,
+                actor=who.username,
+                role=who.role.value,
+                organization=who.organization,
+                action=event.action,
+                resources=tuple(resources[:200]),
+                patient=patient,
+                outcome=event.outcome,
+                detail=(event.detail or None) and event.detail[:500],
+                source=who.source,
+            )
+            digest = chain_hash(prev, entry)
+            rows.append(_row(entry, prev, digest))
+            prev = digest
     bulk.insert_rows(conn, audit_record, rows)
     conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq

@@ -62,23 +62,17 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         return
     prepared = _prepare(table, conn.dialect)
     pairs = list(zip(prepared.keys, prepared.processors, strict=True))
-    if conn.dialect.name == "postgresql":  # one round trip: a multi-row VALUES list
-        _insert_values(conn, prepared, pairs, rows)
-        return
-    if prepared.positional:
-        params: list[Any] = [
-            tuple(p(row.get(k)) if p else row.get(k) for k, p in pairs) for row in rows
-        ]
-    else:
-        params = [{k: (p(row.get(k)) if p else row.get(k)) for k, p in pairs} for row in rows]
-    conn.exec_driver_sql(prepared.sql, params)  # type: ignore[arg-type]
+    # one statement with a multi-row VALUES list: one round trip on PostgreSQL, and on SQLite
+    # one step (executemany releases and retakes the interpreter's lock for every row)
+    _insert_values(conn, prepared, pairs, rows)
 
 
 def _insert_values(
     conn: Connection, prepared: _Prepared, pairs: list[Any], rows: list[dict[str, Any]]
 ) -> None:
     width = len(pairs)
-    group = "(" + ", ".join(["%s"] * width) + ")"
+    mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+    group = "(" + ", ".join([mark] * width) + ")"
     step = max(1, _MAX_PARAMETERS // width)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]

@@ -6,6 +6,9 @@ its own result (or its own exception) only after that commit. A unit that fails 
 savepoint and does not disturb the others; a failed commit fails every unit of the batch, and
 their callers answer nothing (the senders retry). One fsync then covers many messages: on this
 machine's disk a commit costs milliseconds, the writes of a message a fraction of that.
+
+A unit is either a function of the connection or a ``staging.Staged`` unit prepared before:
+consecutive staged units are checked and written together (see ``records.staging``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from records import staging
+from records.staging import Staged
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 @dataclass
 class _Job:
-    work: Callable[[Connection], Any]
+    work: Callable[[Connection], Any] | Staged[Any]
     future: Future[Any]
 
 
@@ -41,8 +47,9 @@ class GroupCommitter:
         self.batches = 0
         self.units = 0
 
-    def submit(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(conn)`` in the next batch; return its result once committed."""
+    def submit(self, work: Callable[[Connection], T] | Staged[T]) -> T:
+        """Run ``work(conn)`` (or write a staged unit) in the next batch; return its result
+        once committed."""
         self._ensure_started()
         future: Future[T] = Future()
         self._queue.put(_Job(work, future))
@@ -84,16 +91,15 @@ class GroupCommitter:
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self.engine.begin() as conn:
+                group: list[Staged[Any]] = []
                 for job in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        result = job.work(conn)
-                    except BaseException as exc:  # noqa: BLE001 - handed to its caller
-                        savepoint.rollback()
-                        outcomes.append((False, exc))
-                    else:
-                        savepoint.commit()
-                        outcomes.append((True, result))
+                    if isinstance(job.work, Staged):
+                        group.append(job.work)
+                        continue
+                    outcomes += self._write_group(conn, group)
+                    group = []
+                    outcomes.append(_one(conn, job.work))
+                outcomes += self._write_group(conn, group)
         except BaseException as exc:  # noqa: BLE001 - the commit failed: every unit failed
             log.error("group commit of %d units failed: %s", len(batch), type(exc).__name__)
             for job in batch:
@@ -106,3 +112,46 @@ class GroupCommitter:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
+
+    def _write_group(self, conn: Connection, group: list[Staged[Any]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        while group:
+            holds = staging.holding(conn, group)
+            if holds:
+                outcomes += _together(conn, group[:holds])
+            if holds < len(group):
+                outcomes.append(_one(conn, _fallback(group[holds])))
+            group = group[holds + 1 :]
+        return outcomes
+
+
+def _one(conn: Connection, work: Callable[[Connection], Any]) -> tuple[bool, Any]:
+    savepoint = conn.begin_nested()
+    try:
+        result = work(conn)
+    except BaseException as exc:  # noqa: BLE001 - handed to its caller
+        savepoint.rollback()
+        return False, exc
+    savepoint.commit()
+    return True, result
+
+
+def _fallback(unit: Staged[Any]) -> Callable[[Connection], Any]:
+    assert unit.fallback is not None, "a staged unit is submitted with its fallback"
+    return unit.fallback
+
+
+def _together(conn: Connection, units: list[Staged[Any]]) -> list[tuple[bool, Any]]:
+    savepoint = conn.begin_nested()
+    try:
+        staging.write(conn, units)
+    except Exception as exc:  # noqa: BLE001 - each unit then goes its own way
+        savepoint.rollback()
+        log.warning(
+            "writing %d staged units together failed (%s): one by one",
+            len(units),
+            type(exc).__name__,
+        )
+        return [_one(conn, _fallback(unit)) for unit in units]
+    savepoint.commit()
+    return [(True, unit.result) for unit in units]

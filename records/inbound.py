@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, tuple_, update
 
 from records import bulk, fhirdates
 from records.schema import inbound_message
@@ -60,6 +60,15 @@ _SAME_CONTROL_ID = (
 )
 
 
+_CONTROL_IDS = select(
+    inbound_message.c.protocol, inbound_message.c.sender, inbound_message.c.control_id
+).where(
+    tuple_(inbound_message.c.protocol, inbound_message.c.sender, inbound_message.c.control_id).in_(
+        bindparam("keys", expanding=True)
+    )
+)
+
+
 def _archived(row: Any, with_raw: bool) -> Archived:
     return Archived(
         id=row.id,
@@ -97,8 +106,14 @@ def _json_fields(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def insert_row(conn: Connection, archive_id: str, **values: Any) -> str:
+    insert_rows(conn, [new_row(archive_id, **values)])
+    return archive_id
+
+
+def new_row(archive_id: str, **values: Any) -> dict[str, Any]:
+    """The archive row of a first attempt, to write with ``insert_rows``."""
     now = fhirdates.now()
-    row = {
+    return {
         "warnings": "[]",
         "resources": "[]",
         **_json_fields(values),
@@ -107,8 +122,20 @@ def insert_row(conn: Connection, archive_id: str, **values: Any) -> str:
         "updated": now,
         "attempts": 1,
     }
-    bulk.insert_rows(conn, inbound_message, [row])
-    return archive_id
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    bulk.insert_rows(conn, inbound_message, rows)
+
+
+def control_ids_seen(
+    conn: Connection, keys: set[tuple[str, str, str]]
+) -> set[tuple[str, str, str]]:
+    """Which (protocol, sender, control ID) already have an archive row."""
+    if not keys:
+        return set()
+    rows = conn.execute(_CONTROL_IDS, {"keys": sorted(keys)})
+    return {(r.protocol, r.sender, r.control_id) for r in rows} & keys
 
 
 def update_row(conn: Connection, archive_id: str, **values: Any) -> str:

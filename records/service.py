@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -618,24 +617,7 @@ class RecordService:
     ) -> dict[tuple[str, str, str], Stored]:
         """Live resources by (type, identifier system, value), in one query (no access rules:
         for the gateway's own ingest)."""
-        if not keys:
-            return {}
-        wanted = set(keys)
-        by_type: dict[str, set[str]] = {}
-        for rtype, _, value in keys:
-            by_type.setdefault(rtype, set()).add(value)
-        types = tuple(sorted(by_type))
-        params: dict[str, Any] = {}
-        for i, rtype in enumerate(types):
-            params[f"t{i}"] = rtype
-            params[f"c{i}"] = sorted(by_type[rtype])
-        rows = conn.execute(_identifier_lookup(len(types)), params)
-        found: dict[tuple[str, str, str], Stored] = {}
-        for row in rows:
-            key = (row.res_type, row.system, row.code)
-            if key in wanted:
-                found.setdefault(key, Stored(*row[2:]))
-        return found
+        return store.by_identifiers(conn, keys)
 
     def write_batch(
         self,
@@ -648,22 +630,54 @@ class RecordService:
         """Write several resources, (type, id, body, new) each, with one statement per table.
         Same checks as create/update: validation, identity rules, access and reach.
         ``models=False``: the R4 schema check only (see ``fhirtypes.validate``)."""
-        scopes = {
+        scopes = self._write_scopes(who, writes)
+        written = store.write_many(conn, self._pending(conn, who, writes, models))
+        for stored in written:
+            scope = scopes[stored.res_type]
+            if not scope.unrestricted:
+                self._check_reach(conn, stored.res_type, stored.res_id, scope, None)
+        return written
+
+    def stage_batch(
+        self,
+        conn: Connection,
+        who: Principal,
+        writes: list[tuple[str, str, dict[str, Any], bool]],
+        existing: dict[tuple[str, str], Stored],
+    ) -> store.Rows | None:
+        """The rows ``write_batch(models=False)`` would write, built from what ``conn`` (a
+        reader) shows and what ``existing`` (the current versions of the updated ones) says,
+        writing nothing: for a writer that checks that snapshot still holds at commit.
+        None when a write needs checks only a writing transaction can make (restricted reach)."""
+        if not all(s.unrestricted for s in self._write_scopes(who, writes).values()):
+            return None
+        pending = self._pending(conn, who, writes, False)
+        if any(not p.new and (p.rtype, p.rid) not in existing for p in pending):
+            return None
+        return store.stage(conn, pending, dict(existing))
+
+    def _write_scopes(
+        self, who: Principal, writes: list[tuple[str, str, dict[str, Any], bool]]
+    ) -> dict[str, Scope]:
+        return {
             rtype: self.scope(who, rtype, Action.CREATE if new else Action.UPDATE)
             for rtype, _, _, new in writes
         }
+
+    def _pending(
+        self,
+        conn: Connection,
+        who: Principal,
+        writes: list[tuple[str, str, dict[str, Any], bool]],
+        models: bool,
+    ) -> list[store.Pending]:
         pending = []
         for rtype, rid, body, new in writes:
             self._check_writable_type(rtype)
             prepared = self._prepare(who, rtype, body, models=models)
             self._check_unique_resident_id(conn, rtype, rid, prepared)
             pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
-        written = store.write_many(conn, pending)
-        for stored in written:
-            scope = scopes[stored.res_type]
-            if not scope.unrestricted:
-                self._check_reach(conn, stored.res_type, stored.res_id, scope, None)
-        return written
+        return pending
 
     def find_by_identifier(
         self, conn: Connection, rtype: str, system: str, value: str
@@ -724,22 +738,6 @@ class RecordService:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@cache
-def _identifier_lookup(branches: int) -> Any:
-    """Resources by identifier for ``branches`` resource types; (res_type, param, code) is
-    the index, so each branch names its type. Built once per number of types."""
-    t = search_token
-    conditions = [
-        and_(t.c.res_type == bindparam(f"t{i}"), t.c.code.in_(bindparam(f"c{i}", expanding=True)))
-        for i in range(branches)
-    ]
-    return (
-        select(t.c.system, t.c.code, *query.base_query("Patient").selected_columns)
-        .join(resource, (resource.c.res_type == t.c.res_type) & (resource.c.res_id == t.c.res_id))
-        .where(t.c.param == "identifier", or_(*conditions), resource.c.deleted.is_(False))
-    )
 
 
 _RESIDENT_ID_HOLDER = select(search_token.c.res_id).where(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
 
 from records import bulk, fhirdates, searchparams
 from records.errors import Gone, NotFound
@@ -114,16 +115,54 @@ def write(conn: Connection, rtype: str, rid: str, body: dict[str, Any], method: 
 def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
     """Write several resources with one statement per table (executemany): the hot path of
     ingest writes a message's ten or so resources this way."""
-    when = _now()
-    stamp = fhirdates.instant(when)
     existing = {
         (it.rtype, it.rid): current(conn, it.rtype, it.rid, lock=True) for it in items if not it.new
     }
+    rows = stage(conn, items, existing)
+    flush(conn, rows)
+    return rows.written
+
+
+@dataclass
+class Rows:
+    """The rows of resource versions staged for writing, by statement: built without writing
+    anything (``stage``), written with one statement per table (``flush``), and several units'
+    rows can be written together (``extend``)."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    index: dict[str, list[dict[str, Any]]] = field(  # by table name: Rows pickle
+        default_factory=lambda: {t.name: [] for t in INDEX_TABLES}
+    )
+    written: list[Stored] = field(default_factory=list)
+
+    def extend(self, other: Rows) -> None:
+        self.inserts += other.inserts
+        self.updates += other.updates
+        self.versions += other.versions
+        for table, rows in other.index.items():
+            self.index[table] += rows
+        self.written += other.written
+
+    def identifiers(self) -> set[tuple[str, str, str]]:
+        """(type, system, value) of every identifier the staged versions carry."""
+        return {
+            (r["res_type"], r["system"], r["code"])
+            for r in self.index[search_token.name]
+            if r["param"] == "identifier"
+        }
+
+
+def stage(
+    conn: Connection, items: list[Pending], existing: dict[tuple[str, str], Stored | None]
+) -> Rows:
+    """The rows that write ``items``, given the current version of each one that is not new
+    (``existing``); ``conn`` is only read (a Provenance's targets outside ``items``)."""
+    when = _now()
+    stamp = fhirdates.instant(when)
     in_batch: dict[tuple[str, str], str | None] = {}  # patient of resources written here
-    inserts, updates, versions = [], [], []
-    index: dict[Any, list[dict[str, Any]]] = {t: [] for t in INDEX_TABLES}
-    drops = []
-    out = []
+    rows = Rows()
     for it in items:
         old = existing.get((it.rtype, it.rid))
         version = old.version + 1 if old else 1
@@ -151,13 +190,12 @@ def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
             "content": content,
         }
         if old is None:
-            inserts.append({"res_type": it.rtype, "res_id": it.rid, **row})
+            rows.inserts.append({"res_type": it.rtype, "res_id": it.rid, **row})
         else:
-            updates.append(
+            rows.updates.append(
                 {"k_type": it.rtype, "k_id": it.rid, **{f"v_{k}": v for k, v in row.items()}}
             )
-            drops.append({"k_type": it.rtype, "k_id": it.rid})
-        versions.append(
+        rows.versions.append(
             {
                 "res_type": it.rtype,
                 "res_id": it.rid,
@@ -168,18 +206,23 @@ def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
                 "content": content,
             }
         )
-        for table, rows in index_rows(it.rtype, it.rid, stored_body).items():
-            index[table].extend(rows)
-        out.append(Stored(it.rtype, it.rid, version, when, False, content, patient_id))
-    bulk.insert_rows(conn, resource, inserts)
-    if updates:
-        conn.execute(_UPDATE_RESOURCE, updates)
+        for table, index_rows_ in index_rows(it.rtype, it.rid, stored_body).items():
+            rows.index[table.name].extend(index_rows_)
+        rows.written.append(Stored(it.rtype, it.rid, version, when, False, content, patient_id))
+    return rows
+
+
+def flush(conn: Connection, rows: Rows) -> None:
+    """Write staged rows: one statement per table."""
+    bulk.insert_rows(conn, resource, rows.inserts)
+    if rows.updates:
+        conn.execute(_UPDATE_RESOURCE, rows.updates)
+        drops = [{"k_type": u["k_type"], "k_id": u["k_id"]} for u in rows.updates]
         for table in INDEX_TABLES:
             conn.execute(_DELETE_INDEX[table.name], drops)
-    bulk.insert_rows(conn, resource_version, versions)
-    for table, rows in index.items():
-        bulk.insert_rows(conn, table, rows)
-    return out
+    bulk.insert_rows(conn, resource_version, rows.versions)
+    for table in INDEX_TABLES:
+        bulk.insert_rows(conn, table, rows.index[table.name])
 
 
 def remove(conn: Connection, rtype: str, rid: str) -> Stored | None:
@@ -332,6 +375,45 @@ _DELETE_INDEX = {
     t.name: delete(t).where(t.c.res_type == bindparam("k_type"), t.c.res_id == bindparam("k_id"))
     for t in INDEX_TABLES
 }
+
+
+def by_identifiers(
+    conn: Connection, keys: list[tuple[str, str, str]] | set[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], Stored]:
+    """Live resources by (type, identifier system, value), in one query."""
+    if not keys:
+        return {}
+    wanted = set(keys)
+    by_type: dict[str, set[str]] = {}
+    for rtype, _, value in wanted:
+        by_type.setdefault(rtype, set()).add(value)
+    types = tuple(sorted(by_type))
+    params: dict[str, Any] = {}
+    for i, rtype in enumerate(types):
+        params[f"t{i}"] = rtype
+        params[f"c{i}"] = sorted(by_type[rtype])
+    found: dict[tuple[str, str, str], Stored] = {}
+    for row in conn.execute(_identifier_lookup(len(types)), params):
+        key = (row.res_type, row.system, row.code)
+        if key in wanted:
+            found.setdefault(key, Stored(*row[2:]))
+    return found
+
+
+@cache
+def _identifier_lookup(branches: int) -> Any:
+    """Resources by identifier for ``branches`` resource types; (res_type, param, code) is
+    the index, so each branch names its type. Built once per number of types."""
+    t = search_token
+    conditions = [
+        and_(t.c.res_type == bindparam(f"t{i}"), t.c.code.in_(bindparam(f"c{i}", expanding=True)))
+        for i in range(branches)
+    ]
+    return (
+        select(t.c.system, t.c.code, *_SELECT_CURRENT.selected_columns)
+        .join(resource, (resource.c.res_type == t.c.res_type) & (resource.c.res_id == t.c.res_id))
+        .where(t.c.param == "identifier", or_(*conditions), resource.c.deleted.is_(False))
+    )
 
 
 def _now() -> datetime:

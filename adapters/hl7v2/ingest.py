@@ -9,9 +9,11 @@ exception, on which the listener closes the connection without an ACK so the sen
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +40,9 @@ from records.audit_log import Event
 from records.committer import GroupCommitter
 from records.errors import FhirError
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
+from records.identity import RESIDENT_ID_SYSTEM
 from records.service import RecordService
+from records.staging import Staged
 from records.store import Stored
 from security.principal import Principal, Role
 
@@ -93,6 +97,8 @@ class Hl7Ingest:
         self.settings = settings or Settings()
         self.committer = committer or GroupCommitter(records.engine, name="hl7-writer")
         self._members: dict[str, str] = {}  # MSH-4 code -> Organization id, once seen registered
+        # prepares messages in other processes (``adapters.hl7v2.workers``); None: in this one
+        self.stager: Callable[[bytes, Origin], Prepared] | None = None
 
     def close(self) -> None:
         self.committer.close()
@@ -100,6 +106,15 @@ class Hl7Ingest:
     # -- the whole path --------------------------------------------------------------------
 
     def receive(self, raw: bytes, origin: Origin, *, archive_id: str | None = None) -> Reply:
+        if self.stager is not None and archive_id is None:
+            prepared = self.stager(raw, origin)  # parsed, mapped and staged in another process
+        else:
+            prepared = self.prepare(raw, origin, archive_id)
+        return self.finish(prepared)
+
+    def prepare(self, raw: bytes, origin: Origin, archive_id: str | None = None) -> Prepared:
+        """Everything before the writer: parse, check the sender, translate, and stage the rows
+        from a snapshot read. Needs no writing transaction, so any process can do it."""
         digest = hashlib.sha256(raw).hexdigest()
         header = _header_guess(raw)
         try:
@@ -107,9 +122,28 @@ class Hl7Ingest:
             header = _header(message)
             organization = self._check_sender(message, origin)
             translation = self._translate(message, organization)
-            return self._commit(raw, digest, header, origin, translation, archive_id)
         except Hl7Error as refusal:
-            return self._refuse(raw, digest, header, origin, refusal, archive_id)
+            return Prepared(raw, digest, header, origin, archive_id, refusal=_Refusal.of(refusal))
+        prepared = Prepared(raw, digest, header, origin, archive_id, translation=translation)
+        prepared.answer, prepared.archived, prepared.who = self._outcome(prepared, translation)
+        if archive_id is None and not translation.merges:  # the usual case
+            try:
+                prepared.staged = self._stage(prepared, translation)
+            except FhirError:  # the one-at-a-time path says so, after the check for a repeat
+                prepared.staged = None
+        return prepared
+
+    def finish(self, prepared: Prepared) -> Reply:
+        """Hand a prepared message to the writer; the reply once it is committed."""
+        p = prepared
+        if p.refusal is not None:
+            return self._refuse(
+                p.raw, p.digest, p.header, p.origin, p.refusal.error(), p.archive_id
+            )
+        try:
+            return self._commit(p)
+        except Hl7Error as refusal:
+            return self._refuse(p.raw, p.digest, p.header, p.origin, refusal, p.archive_id)
 
     def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
         """Run an archived message through the ingest again (after a sender was registered
@@ -288,60 +322,162 @@ class Hl7Ingest:
         self.committer.submit(work)
         return Reply(reply, code, inbound.REJECTED, target, error=str(refusal))
 
-    def _commit(
-        self,
-        raw: bytes,
-        digest: str,
-        header: ack.Header,
-        origin: Origin,
-        translation: Translation,
-        archive_id: str | None,
-    ) -> Reply:
+    def _outcome(
+        self, p: Prepared, translation: Translation
+    ) -> tuple[Reply, dict[str, Any], Principal]:
+        """The reply and archive row of an accepted message, and who the sender acts as."""
         warnings = translation.warnings
         outcome = inbound.WARNINGS if warnings else inbound.ACCEPTED
-        code = ack.reply_code(header, ok=True, rejected=False)
+        code = ack.reply_code(p.header, ok=True, rejected=False)
         issues = [ack.Issue(w, None, "0", "W") for w in warnings[:20]]
-        reply = ack.build(header, code, issues) if code else None
-        organization = translation_org(translation, origin)
-        who = _principal(header, origin, organization)
-        new_id = archive_id or inbound.new_id()
+        reply = ack.build(p.header, code, issues) if code else None
+        organization = translation_org(translation, p.origin)
+        who = _principal(p.header, p.origin, organization)
+        answer = Reply(reply, code, outcome, p.archive_id or inbound.new_id(), warnings)
+        archived = {
+            **_archive_fields(p.raw, p.digest, p.header, p.origin),
+            "organization": organization,
+            "outcome": outcome,
+            "ack_code": code,
+            "ack": reply,
+            "warnings": warnings,
+            "error": None,
+        }
+        return answer, archived, who
+
+    def _commit(self, p: Prepared) -> Reply:
+        assert p.answer is not None and p.archived is not None and p.who is not None
+        answer, archived, who, header = p.answer, p.archived, p.who, p.header
 
         def work(conn: Connection) -> Reply:
-            if archive_id is None:  # an operator's reprocess is never a repeat
-                repeat = self._repeat(conn, header, digest)
+            if p.archive_id is None:  # an operator's reprocess is never a repeat
+                repeat = self._repeat(conn, header, p.digest)
                 if repeat is not None:
                     return repeat
-            written = apply(self.records, conn, who, translation, new_id, header)
-            inbound.record(
-                conn,
-                new_id,
-                new=archive_id is None,
-                **_archive_fields(raw, digest, header, origin),
-                organization=organization,
-                outcome=outcome,
-                ack_code=code,
-                ack=reply,
-                warnings=warnings,
-                error=None,
-                resources=[f"{s.res_type}/{s.res_id}" for s in written],
-                patient_id=next((s.res_id for s in written if s.res_type == "Patient"), None),
-            )
+            translation = self._translation(p)
+            written = apply(self.records, conn, who, translation, answer.archive_id, header)
+            row = {**archived, "warnings": translation.warnings, **_produced(written)}
+            inbound.record(conn, answer.archive_id, new=p.archive_id is None, **row)
             touched = [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in written]
             audit_log.append(conn, who, Event.touching("hl7-ingest", touched))
-            return Reply(reply, code, outcome, new_id, warnings)
+            return answer
 
+        job: Callable[[Connection], Reply] | Staged[Reply] = work
+        if p.staged is not None:
+            p.staged.fallback = work
+            job = p.staged
         try:
-            answer = self.committer.submit(work)
+            done = self.committer.submit(job)
         except FhirError as exc:  # what the mapping built is not valid FHIR: refuse, name it
             raise Hl7Error(
                 f"the translated resources were refused: {exc.diagnostics}", None, "207"
             ) from None
-        if answer.archive_id == new_id:
+        if done.archive_id == answer.archive_id:
             log.info(
                 "HL7 message accepted",
-                extra={"archive_id": new_id, "type": header.event, "warnings": len(warnings)},
+                extra={
+                    "archive_id": done.archive_id,
+                    "type": header.event,
+                    "warnings": len(done.warnings),
+                },
             )
-        return answer
+        return done
+
+    def _translation(self, p: Prepared) -> Translation:
+        """The message's translation: the one made when prepared here, else made again."""
+        if p.translation is None:
+            message = self._parse(p.raw, p.header)
+            p.translation = self._translate(message, self._check_sender(message, p.origin))
+        return p.translation
+
+    def _stage(self, p: Prepared, translation: Translation) -> Staged[Reply] | None:
+        """The message's rows decided from a snapshot, outside the writing transaction; the
+        writer checks that snapshot still holds (``records.staging``), else runs the
+        one-at-a-time path."""
+        assert p.answer is not None and p.archived is not None and p.who is not None
+        answer, who = p.answer, p.who
+        with db.reader(self.records.engine).connect() as conn:
+            planned = plan(self.records, conn, translation)
+            writes = planned.writes
+            if writes:
+                writes.append(
+                    _provenance_write(writes, answer.archive_id, p.header, translation, who)
+                )
+            existing = {(s.res_type, s.res_id): s for s in planned.found.values()}
+            rows = self.records.stage_batch(conn, who, writes, existing)
+            if rows is None:
+                return None
+            keys = set(planned.keys)
+            found = dict(planned.found)
+            # a resident identity number stays unique: expect who holds it now
+            unique = {k for k in rows.identifiers() if k[:2] == ("Patient", RESIDENT_ID_SYSTEM)}
+            if unique - keys:
+                found.update(self.records.find_by_identifiers(conn, list(unique - keys)))
+                keys |= unique
+        touched = [(f"{s.res_type}/{s.res_id}", s.patient_id) for s in rows.written]
+        return Staged(
+            result=answer,
+            rows=rows,
+            expect={k: (found[k].res_id, found[k].version) if k in found else None for k in keys},
+            control=(PROTOCOL, _sender(p.header), p.header.control_id),
+            archive=inbound.new_row(answer.archive_id, **p.archived, **_produced(rows.written)),
+            audit=[(who, Event.touching("hl7-ingest", touched))],
+        )
+
+
+@dataclass
+class _Refusal:
+    """An ``Hl7Error`` as plain data (exceptions with extra fields do not survive pickling)."""
+
+    text: str
+    where: Location | None
+    code: str
+    reject: bool
+
+    @classmethod
+    def of(cls, error: Hl7Error) -> _Refusal:
+        return cls(error.text, error.where, error.code, error.reject)
+
+    def error(self) -> Hl7Error:
+        return Hl7Error(self.text, self.where, self.code, reject=self.reject)
+
+
+@dataclass
+class Prepared:
+    """A message made ready for the writer (``Hl7Ingest.prepare``). It pickles, so a worker
+    process can prepare it; the translation stays behind and is made again if needed."""
+
+    raw: bytes
+    digest: str
+    header: ack.Header
+    origin: Origin
+    archive_id: str | None  # the archive row an operator's reprocess works on
+    refusal: _Refusal | None = None
+    answer: Reply | None = None
+    archived: dict[str, Any] | None = None
+    who: Principal | None = None
+    staged: Staged[Reply] | None = None
+    translation: Translation | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent back from a worker without the translation and without the raw message (the
+        gateway's process has it: ``with_raw``), which would otherwise travel three times."""
+        state = {**self.__dict__, "translation": None, "raw": b""}
+        if self.archived is not None:
+            state["archived"] = {**self.archived, "raw": b""}
+        if self.staged is not None and self.staged.archive is not None:
+            staged = copy.copy(self.staged)
+            staged.archive = {**self.staged.archive, "raw": b""}
+            state["staged"] = staged
+        return state
+
+    def with_raw(self, raw: bytes) -> Prepared:
+        self.raw = raw
+        if self.archived is not None:
+            self.archived["raw"] = raw
+        if self.staged is not None and self.staged.archive is not None:
+            self.staged.archive["raw"] = raw
+        return self
 
 
 def translation_org(translation: Translation, origin: Origin) -> str | None:
@@ -357,21 +493,24 @@ def translation_org(translation: Translation, origin: Origin) -> str | None:
 # -- applying a translation ----------------------------------------------------------------------
 
 
-def apply(
-    records: RecordService,
-    conn: Connection,
-    who: Principal,
-    translation: Translation,
-    archive_id: str,
-    header: ack.Header,
-) -> list[Stored]:
-    """Write a translation: existing resources are found by identifier in one query, every
-    entry gets its id before anything is written (so references resolve in one pass), then all
-    versions, index rows and the Provenance go in with one statement per table."""
+@dataclass
+class Plan:
+    """What applying a translation writes, decided from what ``conn`` shows."""
+
+    writes: list[tuple[str, str, dict[str, Any], bool]]  # (type, id, body, new)
+    found: dict[tuple[str, str, str], Stored]  # existing resources by identifier key
+    keys: list[tuple[str, str, str]]  # every key looked up
+    resolved: dict[str, str]  # entry key -> "Type/id"
+
+
+def plan(records: RecordService, conn: Connection, translation: Translation) -> Plan:
+    """Existing resources are found by identifier in one query and every entry gets its id
+    before anything is written, so references resolve in one pass; an entry that would not
+    change what the record says is left out."""
     keys = [(e.rtype, system, value) for e in translation.entries for system, value in e.match]
     existing = records.find_by_identifiers(conn, keys)
     resolved: dict[str, str] = {}
-    plan: list[tuple[str, str, dict[str, Any], bool, dict[str, Any] | None, bool]] = []
+    chosen: list[tuple[str, str, dict[str, Any], bool, dict[str, Any] | None, bool]] = []
     for entry in translation.entries:
         found = next(
             (
@@ -386,25 +525,38 @@ def apply(
         if found is not None and entry.create_only_if_new:
             continue
         old = found.json() if found else None
-        plan.append((entry.rtype, rid, entry.body, found is None, old, entry.keep_identifiers))
+        chosen.append((entry.rtype, rid, entry.body, found is None, old, entry.keep_identifiers))
     writes = []
-    for rtype, rid, body, new, old, keep in plan:
+    for rtype, rid, body, new, old, keep in chosen:
         body = _resolve(body, resolved)
         if old is not None:
             body = _merge_into(old, body, keep)
             if body == {k: v for k, v in old.items() if k not in ("meta", "id")}:
                 continue  # the message says what the record already says: no new version
         writes.append((rtype, rid, body, new))
+    return Plan(writes, existing, keys, resolved)
+
+
+def apply(
+    records: RecordService,
+    conn: Connection,
+    who: Principal,
+    translation: Translation,
+    archive_id: str,
+    header: ack.Header,
+) -> list[Stored]:
+    """Write a translation inside the transaction (``plan``, then all versions, index rows and
+    the Provenance with one statement per table)."""
+    planned = plan(records, conn, translation)
+    writes = planned.writes
     # our own translations: the R4 schema check, not the 1 ms-a-resource model validation
     if writes and not translation.merges:  # the usual case: Provenance in the same statements
-        refs = [f"{rtype}/{rid}" for rtype, rid, _, _ in writes]
-        provenance = _provenance(refs, archive_id, header, translation, who)
-        writes.append(("Provenance", store.new_id(), provenance, True))
+        writes.append(_provenance_write(writes, archive_id, header, translation, who))
         return records.write_batch(conn, who, writes, models=False)
     written = records.write_batch(conn, who, writes, models=False) if writes else []
     for merge in translation.merges:
         source = _find(records, conn, "Patient", merge.source)
-        target = resolved[merge.target_key].split("/", 1)[1]
+        target = planned.resolved[merge.target_key].split("/", 1)[1]
         if source is None:
             translation.warnings.append("MRG-1: no patient with these identifiers; nothing merged")
             continue
@@ -412,11 +564,28 @@ def apply(
             merged, _moved = records.merge_in(conn, who, source.res_id, target)
             written.append(merged)
     if written:
-        refs = [f"{s.res_type}/{s.res_id}" for s in written]
-        provenance = _provenance(refs, archive_id, header, translation, who)
-        write = ("Provenance", store.new_id(), provenance, True)
-        written += records.write_batch(conn, who, [write], models=False)
+        refs: list[tuple[str, str, dict[str, Any], bool]] = [
+            (s.res_type, s.res_id, {}, True) for s in written
+        ]
+        provenance = _provenance_write(refs, archive_id, header, translation, who)
+        written += records.write_batch(conn, who, [provenance], models=False)
     return written
+
+
+def _provenance_write(
+    writes: list[tuple[str, str, dict[str, Any], bool]],
+    archive_id: str,
+    header: ack.Header,
+    translation: Translation,
+    who: Principal,
+) -> tuple[str, str, dict[str, Any], bool]:
+    refs = [f"{rtype}/{rid}" for rtype, rid, _, _ in writes]
+    return (
+        "Provenance",
+        store.new_id(),
+        _provenance(refs, archive_id, header, translation, who),
+        True,
+    )
 
 
 def _find(
@@ -503,6 +672,13 @@ def _provenance(
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _produced(written: list[Stored]) -> dict[str, Any]:
+    return {
+        "resources": [f"{s.res_type}/{s.res_id}" for s in written],
+        "patient_id": next((s.res_id for s in written if s.res_type == "Patient"), None),
+    }
 
 
 def _sender(header: ack.Header) -> str:

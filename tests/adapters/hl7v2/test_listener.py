@@ -158,19 +158,19 @@ def test_slow_sender_gets_ar_and_silent_sender_is_disconnected(demo) -> None:
 def test_database_fault_closes_without_ack_and_the_retry_succeeds(demo, monkeypatch) -> None:
     from records import inbound as inbound_module
 
-    real = inbound_module.insert_row
+    real = inbound_module.insert_rows
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
 
     with running(demo) as listener:
-        monkeypatch.setattr(inbound_module, "insert_row", broken)
+        monkeypatch.setattr(inbound_module, "insert_rows", broken)
         with _connect(listener.port) as sock:
             sock.sendall(mllp.frame(oru("FAULT-1")))
             with pytest.raises(ConnectionError):
                 _read_frame(sock)
         assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 0
-        monkeypatch.setattr(inbound_module, "insert_row", real)
+        monkeypatch.setattr(inbound_module, "insert_rows", real)
         with _connect(listener.port) as sock:
             sock.sendall(mllp.frame(oru("FAULT-1")))
             assert _msa(_read_frame(sock))[1] == "AA"

@@ -1,0 +1,93 @@
+"""Units of work prepared outside the writing transaction, written many to a statement.
+
+An ingest unit spends most of its time in Python (mapping, validation, index rows, JSON). Done
+inside the writing transaction, that time holds the database's write lock and keeps the writer
+thread busy; done before, from a snapshot read, it runs beside other units and the writer only
+checks the snapshot still holds and writes rows. A ``Staged`` unit says what it read (each
+identifier key, the resource it found there and that resource's version, or nothing) and what to
+write (resource rows, an archive row, audit events). The writer takes a group of them:
+
+1. one query reads every key the group expects; a unit is *stale* when a key now gives another
+   answer, when an earlier unit of the group writes a resource or identifier it read, or when
+   its control ID was seen before (a repeat, or the same ID with other content);
+2. the units before the first stale one are written together, one statement per table;
+3. a stale unit runs its ``fallback`` (the one-at-a-time path, which reads and decides again
+   inside the transaction), and the rest of the group is checked again.
+
+If writing a group fails, each of its units runs its fallback instead, one by one, so one bad
+unit never costs the others. The result of a unit is the same whichever path wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
+
+from records import audit_log, inbound, store
+from records.audit_log import Event
+from security.principal import Principal
+
+T = TypeVar("T")
+Key = tuple[str, str, str]  # (resource type, identifier system, value)
+
+
+@dataclass
+class Staged(Generic[T]):
+    result: T  # what the caller gets once the unit is committed by the group path
+    # the same unit deciding everything inside the transaction (set by the writer's caller:
+    # a staged unit may come from another process, a function cannot)
+    fallback: Callable[[Connection], T] | None = None
+    rows: store.Rows = field(default_factory=store.Rows)
+    # identifier key -> (resource id, version) found in the snapshot, or None: nothing there
+    expect: dict[Key, tuple[str, int] | None] = field(default_factory=dict)
+    control: tuple[str, str, str] | None = None  # (protocol, sender, control ID) never seen
+    archive: dict[str, Any] | None = None  # an inbound_message row to insert
+    audit: list[tuple[Principal, Event]] = field(default_factory=list)
+
+    def writes(self) -> tuple[set[Key], set[str]]:
+        """The identifier keys and resource ids ("Type/id") this unit writes."""
+        return self.rows.identifiers(), {f"{s.res_type}/{s.res_id}" for s in self.rows.written}
+
+    def reads(self) -> tuple[set[Key], set[str]]:
+        return set(self.expect), {f"{k[0]}/{v[0]}" for k, v in self.expect.items() if v}
+
+
+def holding(conn: Connection, units: list[Staged[Any]]) -> int:
+    """How many leading units of ``units`` still hold (see the module's rule 1)."""
+    keys = {k for u in units for k in u.expect}
+    now = store.by_identifiers(conn, keys)
+    controls = {u.control for u in units if u.control}
+    seen = inbound.control_ids_seen(conn, controls)
+    written_keys: set[Key] = set()
+    written_ids: set[str] = set()
+    for n, unit in enumerate(units):
+        keys_read, ids_read = unit.reads()
+        if keys_read & written_keys or ids_read & written_ids:
+            return n
+        for key, expected in unit.expect.items():
+            found = now.get(key)
+            if ((found.res_id, found.version) if found else None) != expected:
+                return n
+        if unit.control and unit.control in seen:
+            return n
+        if unit.control:
+            seen.add(unit.control)
+        keys_written, ids_written = unit.writes()
+        written_keys |= keys_written
+        written_ids |= ids_written
+    return len(units)
+
+
+def write(conn: Connection, units: list[Staged[Any]]) -> None:
+    """Write the units' rows together, one statement per table, archive and audit included."""
+    rows = store.Rows()
+    for unit in units:
+        rows.extend(unit.rows)
+    store.flush(conn, rows)
+    inbound.insert_rows(conn, [u.archive for u in units if u.archive])
+    events = [event for u in units for event in u.audit]
+    if events:
+        audit_log.append_many(conn, events)

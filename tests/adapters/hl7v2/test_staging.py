@@ -1,0 +1,119 @@
+"""Messages staged outside the writing transaction (records.staging): written together, and
+decided again inside the transaction whenever what they read has changed."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from adapters.hl7v2.ingest import Origin
+from gateway.demo import resident_id
+from records import staging
+from security.principal import SYSTEM
+from tests.adapters.hl7v2.conftest import oru
+
+MLLP = Origin("mllp", "127.0.0.1")
+
+
+def _new_patient(n: int) -> str:
+    number = resident_id("411325", f"1960-01-{n:02d}", f"{2 * n + 1:03d}")  # odd: male
+    return f"PID|1||ZH{n:04d}^^^XINGFU_THC^MR~{number}^^^^NNCHN||张^{n}||196001{n:02d}|M"
+
+
+def _patients(ctx, pid_number: str) -> list:  # type: ignore[no-untyped-def]
+    return ctx.records.search(SYSTEM, "Patient", [("identifier", pid_number)]).matches
+
+
+def test_a_stale_snapshot_is_decided_again_inside_the_transaction(demo):
+    # prepared while the patient is unknown: the staged rows would create the Patient
+    first = demo.hl7.prepare(oru("ST-1", pid=_new_patient(1)), MLLP)
+    assert first.staged is not None
+    assert any(e is None for k, e in first.staged.expect.items() if k[0] == "Patient")
+    # meanwhile another message of the same patient is committed
+    assert demo.hl7.receive(oru("ST-2", pid=_new_patient(1)), MLLP).code == "AA"
+    reply = demo.hl7.finish(first)
+    assert reply.code == "AA"
+    patients = _patients(demo, "ZH0001")
+    assert len(patients) == 1  # the stale unit matched the patient instead of making a second
+    reports = demo.records.search(SYSTEM, "DiagnosticReport", [("patient", patients[0].res_id)])
+    assert reports.total == 1  # same order and filler numbers: the report was matched too
+
+
+def test_the_same_message_prepared_twice_is_stored_once(demo):
+    raw = oru("ST-3", pid=_new_patient(3))
+    one, two = demo.hl7.prepare(raw, MLLP), demo.hl7.prepare(raw, MLLP)
+    first, second = demo.hl7.finish(one), demo.hl7.finish(two)
+    assert second.archive_id == first.archive_id and second.ack == first.ack
+    assert len(_patients(demo, "ZH0003")) == 1
+    assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 1
+
+
+def test_staged_messages_waiting_together_are_written_with_one_statement_per_table(
+    demo, monkeypatch
+):
+    calls: list[int] = []
+    real = staging.write
+
+    def counting(conn, units):  # type: ignore[no-untyped-def]
+        calls.append(len(units))
+        real(conn, units)
+
+    monkeypatch.setattr(staging, "write", counting)
+    messages = [  # other patients, other orders: nothing one reads is written by another
+        oru(f"ST-G{n}", pid=_new_patient(10 + n)).replace(b"ORD-1|FIL-1", f"O{n}|F{n}".encode())
+        for n in range(4)
+    ]
+    prepared = [demo.hl7.prepare(raw, MLLP) for raw in messages]
+    gate, holding = threading.Event(), threading.Event()
+
+    def block(conn):  # type: ignore[no-untyped-def]
+        holding.set()
+        gate.wait(30)
+
+    committer = demo.hl7.committer
+    blocker = threading.Thread(target=committer.submit, args=(block,))
+    blocker.start()
+    assert holding.wait(30)  # the writer is busy: what comes now waits in its queue
+    replies: dict[int, str | None] = {}
+    senders = [
+        threading.Thread(target=lambda n=n: replies.update({n: demo.hl7.finish(prepared[n]).code}))
+        for n in range(4)
+    ]
+    for sender in senders:
+        sender.start()
+    deadline = time.monotonic() + 30
+    while committer._queue.qsize() < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for thread in [blocker, *senders]:
+        thread.join(30)
+    assert replies == {n: "AA" for n in range(4)}
+    assert calls == [4]
+    assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 4
+
+
+def test_when_writing_a_group_fails_each_message_is_written_alone(demo, monkeypatch):
+    def broken(conn, units):  # type: ignore[no-untyped-def]
+        raise RuntimeError("constraint violated")
+
+    monkeypatch.setattr(staging, "write", broken)
+    reply = demo.hl7.receive(oru("ST-F1", pid=_new_patient(20)), MLLP)
+    assert reply.code == "AA", reply.error
+    assert len(_patients(demo, "ZH0020")) == 1
+    assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 1
+
+
+def test_prepared_message_travels_without_its_raw_bytes_and_gets_them_back(demo):
+    import pickle
+
+    raw = oru("ST-P1", pid=_new_patient(21))
+    prepared = demo.hl7.prepare(raw, MLLP)
+    moved = pickle.loads(pickle.dumps(prepared))
+    assert raw not in pickle.dumps(prepared)
+    assert moved.translation is None and moved.raw == b""
+    reply = demo.hl7.finish(moved.with_raw(raw))
+    assert reply.code == "AA"
+    from records import db, inbound
+
+    with db.reader(demo.engine).connect() as conn:
+        assert inbound.get(conn, reply.archive_id).raw == raw

@@ -1,0 +1,67 @@
+"""Messages prepared in worker processes (adapters.hl7v2.workers), written by the gateway's
+one writer: same outcome as in-process, and a worker that dies costs no message."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.hl7v2.ingest import Origin
+from adapters.hl7v2.workers import StagingPool
+from gateway.context import Context
+from security.principal import SYSTEM
+from tests.adapters.hl7v2.conftest import WANG_ID, oru
+
+pytestmark = pytest.mark.slow  # starts processes
+MLLP = Origin("mllp", "127.0.0.1")
+
+
+@pytest.fixture
+def pooled(demo: Context) -> Iterator[Context]:
+    """A second gateway context on the same database, preparing in one worker process."""
+    settings = demo.settings.model_copy(update={"hl7_workers": 1})
+    ctx = Context.build(settings, migrate=False, serving=True)
+    assert isinstance(ctx.hl7.stager, StagingPool)
+    yield ctx
+    ctx.close()
+
+
+def _pids(pool: StagingPool) -> list[int]:
+    return list(pool._pool._processes)  # the executor's worker processes
+
+
+def test_a_message_prepared_in_a_worker_reaches_the_record(pooled, demo):
+    reply = pooled.hl7.receive(oru("W-1"), MLLP)
+    assert reply.code == "AA", reply.error
+    assert _pids(pooled.hl7.stager) and os.getpid() not in _pids(pooled.hl7.stager)
+    wang = demo.records.search(SYSTEM, "Patient", [("identifier", WANG_ID)]).matches[0]
+    reports = demo.records.search(SYSTEM, "DiagnosticReport", [("patient", wang.res_id)])
+    assert reports.total == 1
+    # the archive keeps the raw bytes, which came back from the worker without them
+    from records import db, inbound
+
+    with db.reader(demo.engine).connect() as conn:
+        assert inbound.get(conn, reply.archive_id).raw == oru("W-1")
+    # refusals made in a worker keep segment, field and code
+    refused = pooled.hl7.receive(oru("W-2", version="9.9"), MLLP)
+    assert refused.code == "AR" and b"MSH^1^12" in refused.ack
+
+
+def test_a_worker_that_dies_costs_no_message(pooled, demo):
+    assert pooled.hl7.receive(oru("W-3"), MLLP).code == "AA"
+    old = pooled.hl7.stager._pool
+    for pid in _pids(pooled.hl7.stager):
+        os.kill(pid, signal.SIGKILL)
+    # the message in hand is prepared in the gateway's process, new workers take the next
+    assert pooled.hl7.receive(oru("W-4"), MLLP).code == "AA"
+    assert pooled.hl7.stager._pool is not old  # replaced
+    assert pooled.hl7.receive(oru("W-5"), MLLP).code == "AA"
+    assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 1  # same order: updated
+    from records import db, inbound
+
+    with db.reader(demo.engine).connect() as conn:
+        total, _ = inbound.listing(conn, outcome="accepted")
+    assert total == 3
