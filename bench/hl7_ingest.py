@@ -340,8 +340,9 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
 
 
 class CpuMeter:
-    """CPU time over an interval: the machine's, and ours (this script, the receiver process,
-    the PostgreSQL server's processes); the rest is other work sharing the machine."""
+    """CPU time over an interval: the machine's, and ours (this script, the receiver process
+    with its child processes (the gateway's HL7 workers), the PostgreSQL server's processes);
+    the rest is other work sharing the machine."""
 
     def __init__(self, receiver_pid: int | None) -> None:
         self.client = os.getpid()
@@ -356,16 +357,21 @@ class CpuMeter:
         return sum(fields[:8]), sum(fields[:8]) - fields[3] - fields[4]  # total, busy
 
     def _ours(self) -> dict[int, int]:
+        """CPU ticks by pid of our processes; the receiver's children count as the receiver."""
+        self.children: set[int] = getattr(self, "children", set())
         pids = set(self.pids)
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
                     if (entry / "comm").read_text().strip() == "postgres":
                         pids.add(int(entry.name))
-                except OSError:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if self.receiver and int(stat[1]) == self.receiver:
+                        self.children.add(int(entry.name))
+                except (OSError, IndexError, ValueError):
                     continue
         out = {}
-        for pid in pids:
+        for pid in pids | self.children:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 out[pid] = int(fields[11]) + int(fields[12])  # utime + stime
@@ -397,8 +403,14 @@ class CpuMeter:
         self.wall = time.monotonic() - self._wall
         self.split = {
             "client": used.get(self.client, 0) / tick,
-            "receiver": used.get(self.receiver or -1, 0) / tick,
-            "postgres": sum(v for pid, v in used.items() if pid not in self.pids) / tick,
+            "receiver": sum(
+                v for pid, v in used.items() if pid == self.receiver or pid in self.children
+            )
+            / tick,
+            "postgres": sum(
+                v for pid, v in used.items() if pid not in self.pids and pid not in self.children
+            )
+            / tick,
         }
         return max(0.0, (busy1 - busy0 - sum(used.values())) / max(1, total1 - total0))
 
@@ -677,7 +689,8 @@ def bench_receiver(
             sent = result.messages + sum(result.warmup_codes.values())
             per = {k: v / max(1, sent) * 1000 for k, v in result.cpu.items()}
             result.notes.append(
-                f"{connections} connection(s): CPU per message: gateway process "
+                f"{connections} connection(s): CPU per message: gateway (its process and "
+                "HL7 workers) "
                 f"{per['receiver']:.1f} ms ({result.cpu['receiver'] / result.wall:.0%} of one "
                 f"core), PostgreSQL {per['postgres']:.1f} ms, client {per['client']:.1f} ms"
             )

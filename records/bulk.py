@@ -56,6 +56,11 @@ def _prepare(table: Table, dialect: Dialect) -> _Prepared:
     return found
 
 
+def mark(conn: Connection) -> str:
+    """The DB-API parameter placeholder of the connection's driver."""
+    return "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
+
+
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """INSERT ``rows`` (dicts keyed by column) with one executemany."""
     if not rows:
@@ -71,8 +76,7 @@ def _insert_values(
     conn: Connection, prepared: _Prepared, pairs: list[Any], rows: list[dict[str, Any]]
 ) -> None:
     width = len(pairs)
-    mark = "%s" if conn.dialect.paramstyle in ("format", "pyformat") else "?"
-    group = "(" + ", ".join([mark] * width) + ")"
+    group = "(" + ", ".join([mark(conn)] * width) + ")"
     step = max(1, _MAX_PARAMETERS // width)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]

@@ -120,7 +120,11 @@ class GroupCommitter:
             if holds:
                 outcomes += _together(conn, group[:holds])
             if holds < len(group):
-                outcomes.append(_one(conn, _fallback(group[holds])))
+                stale = group[holds]
+                if stale.retry:
+                    outcomes.append((False, staging.StaleSnapshot()))
+                else:
+                    outcomes.append(_one(conn, _fallback(stale)))
             group = group[holds + 1 :]
         return outcomes
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from records import bulk, fhirdates
 from records.schema import inbound_message
@@ -57,15 +57,6 @@ _SAME_CONTROL_ID = (
         inbound_message.c.control_id == bindparam("control_id"),
     )
     .order_by(inbound_message.c.received)
-)
-
-
-_CONTROL_IDS = select(
-    inbound_message.c.protocol, inbound_message.c.sender, inbound_message.c.control_id
-).where(
-    tuple_(inbound_message.c.protocol, inbound_message.c.sender, inbound_message.c.control_id).in_(
-        bindparam("keys", expanding=True)
-    )
 )
 
 
@@ -131,11 +122,17 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def control_ids_seen(
     conn: Connection, keys: set[tuple[str, str, str]]
 ) -> set[tuple[str, str, str]]:
-    """Which (protocol, sender, control ID) already have an archive row."""
+    """Which (protocol, sender, control ID) already have an archive row (plain SQL: the
+    writer asks for every batch)."""
     if not keys:
         return set()
-    rows = conn.execute(_CONTROL_IDS, {"keys": sorted(keys)})
-    return {(r.protocol, r.sender, r.control_id) for r in rows} & keys
+    m = bulk.mark(conn)
+    one = f"(protocol = {m} AND sender = {m} AND control_id = {m})"
+    sql = "SELECT protocol, sender, control_id FROM inbound_message WHERE " + " OR ".join(
+        [one] * len(keys)
+    )
+    rows = conn.exec_driver_sql(sql, tuple(v for key in sorted(keys) for v in key))
+    return {(p, s, c) for p, s, c in rows} & keys
 
 
 def update_row(conn: Connection, archive_id: str, **values: Any) -> str:

@@ -11,8 +11,10 @@ write (resource rows, an archive row, audit events). The writer takes a group of
    answer, when an earlier unit of the group writes a resource or identifier it read, or when
    its control ID was seen before (a repeat, or the same ID with other content);
 2. the units before the first stale one are written together, one statement per table;
-3. a stale unit runs its ``fallback`` (the one-at-a-time path, which reads and decides again
-   inside the transaction), and the rest of the group is checked again.
+3. a stale unit fails with ``StaleSnapshot`` when its caller can prepare it again from a new
+   snapshot (``retry``: cheaper where preparing runs in other processes), else it runs its
+   ``fallback`` (the one-at-a-time path, which reads and decides again inside the
+   transaction); the rest of the group is checked again.
 
 If writing a group fails, each of its units runs its fallback instead, one by one, so one bad
 unit never costs the others. The result of a unit is the same whichever path wrote it.
@@ -31,6 +33,12 @@ from records.audit_log import Event
 from security.principal import Principal
 
 T = TypeVar("T")
+
+
+class StaleSnapshot(Exception):
+    """What a staged unit read has changed before it could be written: prepare it again."""
+
+
 Key = tuple[str, str, str]  # (resource type, identifier system, value)
 
 
@@ -46,6 +54,7 @@ class Staged(Generic[T]):
     control: tuple[str, str, str] | None = None  # (protocol, sender, control ID) never seen
     archive: dict[str, Any] | None = None  # an inbound_message row to insert
     audit: list[tuple[Principal, Event]] = field(default_factory=list)
+    retry: bool = False  # stale: raise StaleSnapshot instead of running the fallback
 
     def writes(self) -> tuple[set[Key], set[str]]:
         """The identifier keys and resource ids ("Type/id") this unit writes."""
@@ -58,7 +67,7 @@ class Staged(Generic[T]):
 def holding(conn: Connection, units: list[Staged[Any]]) -> int:
     """How many leading units of ``units`` still hold (see the module's rule 1)."""
     keys = {k for u in units for k in u.expect}
-    now = store.by_identifiers(conn, keys)
+    now = store.versions_by_identifiers(conn, keys)
     controls = {u.control for u in units if u.control}
     seen = inbound.control_ids_seen(conn, controls)
     written_keys: set[Key] = set()
@@ -68,8 +77,7 @@ def holding(conn: Connection, units: list[Staged[Any]]) -> int:
         if keys_read & written_keys or ids_read & written_ids:
             return n
         for key, expected in unit.expect.items():
-            found = now.get(key)
-            if ((found.res_id, found.version) if found else None) != expected:
+            if now.get(key) != expected:
                 return n
         if unit.control and unit.control in seen:
             return n

@@ -400,6 +400,34 @@ def by_identifiers(
     return found
 
 
+def versions_by_identifiers(
+    conn: Connection, keys: set[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], tuple[str, int]]:
+    """(id, version) of the live resource by (type, identifier system, value): what a staged
+    unit checks before it is written. Plain SQL: it runs for every batch the writer commits."""
+    if not keys:
+        return {}
+    by_type: dict[str, set[str]] = {}
+    for rtype, _, value in keys:
+        by_type.setdefault(rtype, set()).add(value)
+    m = bulk.mark(conn)
+    branches, params = [], []
+    for rtype in sorted(by_type):
+        codes = sorted(by_type[rtype])
+        branches.append(f"(t.res_type = {m} AND t.code IN ({', '.join([m] * len(codes))}))")
+        params += [rtype, *codes]
+    sql = (
+        "SELECT t.res_type, t.system, t.code, r.res_id, r.version FROM search_token t "
+        "JOIN resource r ON r.res_type = t.res_type AND r.res_id = t.res_id "
+        f"WHERE t.param = 'identifier' AND r.deleted = {m} AND ({' OR '.join(branches)})"
+    )
+    found: dict[tuple[str, str, str], tuple[str, int]] = {}
+    for rtype, system, code, rid, version in conn.exec_driver_sql(sql, (False, *params)):
+        if (rtype, system, code) in keys:
+            found.setdefault((rtype, system, code), (rid, version))
+    return found
+
+
 @cache
 def _identifier_lookup(branches: int) -> Any:
     """Resources by identifier for ``branches`` resource types; (res_type, param, code) is

@@ -42,7 +42,7 @@ from records.errors import FhirError
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.identity import RESIDENT_ID_SYSTEM
 from records.service import RecordService
-from records.staging import Staged
+from records.staging import Staged, StaleSnapshot
 from records.store import Stored
 from security.principal import Principal, Role
 
@@ -57,6 +57,9 @@ MAPPERS = {
     "MDM": mdm.translate,
     "SIU": siu.translate,
 }
+# A staged message whose snapshot went stale is prepared again (in a worker) this many times
+# in all before the writer decides it alone (records.staging).
+STAGING_ATTEMPTS = 3
 _VERSION = re.compile(r"^2\.[2-8](\.\d+)?$")
 
 
@@ -106,11 +109,18 @@ class Hl7Ingest:
     # -- the whole path --------------------------------------------------------------------
 
     def receive(self, raw: bytes, origin: Origin, *, archive_id: str | None = None) -> Reply:
-        if self.stager is not None and archive_id is None:
-            prepared = self.stager(raw, origin)  # parsed, mapped and staged in another process
-        else:
-            prepared = self.prepare(raw, origin, archive_id)
-        return self.finish(prepared)
+        for attempt in range(STAGING_ATTEMPTS):
+            if self.stager is not None and archive_id is None:
+                prepared = self.stager(raw, origin)  # parsed, mapped and staged elsewhere
+            else:
+                prepared = self.prepare(raw, origin, archive_id)
+            if prepared.staged is not None:  # the last attempt is decided in the writer
+                prepared.staged.retry = attempt + 1 < STAGING_ATTEMPTS
+            try:
+                return self.finish(prepared)
+            except StaleSnapshot:  # another message changed what this one read: again
+                continue
+        raise AssertionError("unreachable: the last attempt runs its fallback")
 
     def prepare(self, raw: bytes, origin: Origin, archive_id: str | None = None) -> Prepared:
         """Everything before the writer: parse, check the sender, translate, and stage the rows

@@ -117,3 +117,35 @@ def test_prepared_message_travels_without_its_raw_bytes_and_gets_them_back(demo)
 
     with db.reader(demo.engine).connect() as conn:
         assert inbound.get(conn, reply.archive_id).raw == raw
+
+
+def test_a_stale_message_is_prepared_again_from_a_new_snapshot(demo, monkeypatch):
+    prepares: list[bytes] = []
+    real_prepare, real_holding = demo.hl7.prepare, staging.holding
+    stale_once = iter([True])
+
+    def counting(raw, origin, archive_id=None):  # type: ignore[no-untyped-def]
+        prepares.append(raw)
+        return real_prepare(raw, origin, archive_id)
+
+    def holding(conn, units):  # type: ignore[no-untyped-def]
+        return 0 if next(stale_once, False) else real_holding(conn, units)
+
+    monkeypatch.setattr(demo.hl7, "prepare", counting)
+    monkeypatch.setattr(staging, "holding", holding)
+    reply = demo.hl7.receive(oru("ST-R1", pid=_new_patient(22)), MLLP)
+    assert reply.code == "AA"
+    assert len(prepares) == 2  # stale once: prepared again, then written as staged
+    assert len(_patients(demo, "ZH0022")) == 1
+    from records import db, inbound
+
+    with db.reader(demo.engine).connect() as conn:
+        total, _ = inbound.listing(conn)
+    assert total == 1  # the stale attempt left nothing behind
+
+
+def test_a_message_stale_at_every_attempt_is_decided_by_the_writer(demo, monkeypatch):
+    monkeypatch.setattr(staging, "holding", lambda conn, units: 0)  # never holds
+    reply = demo.hl7.receive(oru("ST-R2", pid=_new_patient(23)), MLLP)
+    assert reply.code == "AA"
+    assert len(_patients(demo, "ZH0023")) == 1
