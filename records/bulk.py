@@ -62,23 +62,31 @@ def mark(conn: Connection) -> str:
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts keyed by column) with one executemany."""
+    """INSERT ``rows`` (dicts keyed by column) with one statement."""
+    insert_bound(conn, table, bind(table, conn.dialect, rows))
+
+
+def bind(table: Table, dialect: Dialect, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """``rows`` as the driver's parameters, through the columns' bind processors: work a
+    process that does not write can do for the one that does (``insert_bound``)."""
+    if not rows:
+        return []
+    prepared = _prepare(table, dialect)
+    pairs = list(zip(prepared.keys, prepared.processors, strict=True))
+    return [tuple(p(row.get(k)) if p else row.get(k) for k, p in pairs) for row in rows]
+
+
+def insert_bound(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT rows made by ``bind`` for this connection's dialect: one statement with a
+    multi-row VALUES list (one round trip on PostgreSQL; on SQLite one step, where
+    executemany releases and retakes the interpreter's lock for every row)."""
     if not rows:
         return
     prepared = _prepare(table, conn.dialect)
-    pairs = list(zip(prepared.keys, prepared.processors, strict=True))
-    # one statement with a multi-row VALUES list: one round trip on PostgreSQL, and on SQLite
-    # one step (executemany releases and retakes the interpreter's lock for every row)
-    _insert_values(conn, prepared, pairs, rows)
-
-
-def _insert_values(
-    conn: Connection, prepared: _Prepared, pairs: list[Any], rows: list[dict[str, Any]]
-) -> None:
-    width = len(pairs)
+    width = len(prepared.keys)
     group = "(" + ", ".join([mark(conn)] * width) + ")"
     step = max(1, _MAX_PARAMETERS // width)
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
-        flat = [p(row.get(k)) if p else row.get(k) for row in chunk for k, p in pairs]
-        conn.exec_driver_sql(prepared.head + ", ".join([group] * len(chunk)), tuple(flat))
+        flat = tuple(value for row in chunk for value in row)
+        conn.exec_driver_sql(prepared.head + ", ".join([group] * len(chunk)), flat)

@@ -10,10 +10,10 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.engine import Dialect
 
 from records import bulk, fhirdates, searchparams
 from records.errors import Gone, NotFound
@@ -127,7 +127,8 @@ def write_many(conn: Connection, items: list[Pending]) -> list[Stored]:
 class Rows:
     """The rows of resource versions staged for writing, by statement: built without writing
     anything (``stage``), written with one statement per table (``flush``), and several units'
-    rows can be written together (``extend``)."""
+    rows can be written together (``extend``). ``bind`` turns the inserts into the driver's
+    parameters ahead of time (in a worker process, say)."""
 
     inserts: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
@@ -136,6 +137,8 @@ class Rows:
         default_factory=lambda: {t.name: [] for t in INDEX_TABLES}
     )
     written: list[Stored] = field(default_factory=list)
+    bound: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # by table name
+    keys: set[tuple[str, str, str]] = field(default_factory=set)  # identifiers, once bound
 
     def extend(self, other: Rows) -> None:
         self.inserts += other.inserts
@@ -143,15 +146,29 @@ class Rows:
         self.versions += other.versions
         for table, rows in other.index.items():
             self.index[table] += rows
+        for table, bound in other.bound.items():
+            self.bound.setdefault(table, []).extend(bound)
         self.written += other.written
+        self.keys |= other.keys
 
     def identifiers(self) -> set[tuple[str, str, str]]:
         """(type, system, value) of every identifier the staged versions carry."""
-        return {
+        return self.keys | {
             (r["res_type"], r["system"], r["code"])
             for r in self.index[search_token.name]
             if r["param"] == "identifier"
         }
+
+    def bind(self, dialect: Dialect) -> None:
+        """Turn the inserts into ``dialect``'s driver parameters (``bulk.bind``)."""
+        self.keys = self.identifiers()
+        for table, rows in ((resource, self.inserts), (resource_version, self.versions)):
+            self.bound.setdefault(table.name, []).extend(bulk.bind(table, dialect, rows))
+        for table in INDEX_TABLES:
+            rows = self.index[table.name]
+            self.bound.setdefault(table.name, []).extend(bulk.bind(table, dialect, rows))
+        self.inserts, self.versions = [], []
+        self.index = {t.name: [] for t in INDEX_TABLES}
 
 
 def stage(
@@ -213,16 +230,19 @@ def stage(
 
 
 def flush(conn: Connection, rows: Rows) -> None:
-    """Write staged rows: one statement per table."""
+    """Write staged rows: one statement per table (two where some were bound ahead)."""
     bulk.insert_rows(conn, resource, rows.inserts)
+    bulk.insert_bound(conn, resource, rows.bound.get(resource.name, []))
     if rows.updates:
         conn.execute(_UPDATE_RESOURCE, rows.updates)
         drops = [{"k_type": u["k_type"], "k_id": u["k_id"]} for u in rows.updates]
         for table in INDEX_TABLES:
             conn.execute(_DELETE_INDEX[table.name], drops)
     bulk.insert_rows(conn, resource_version, rows.versions)
+    bulk.insert_bound(conn, resource_version, rows.bound.get(resource_version.name, []))
     for table in INDEX_TABLES:
         bulk.insert_rows(conn, table, rows.index[table.name])
+        bulk.insert_bound(conn, table, rows.bound.get(table.name, []))
 
 
 def remove(conn: Connection, rtype: str, rid: str) -> Stored | None:
@@ -381,30 +401,36 @@ def by_identifiers(
     conn: Connection, keys: list[tuple[str, str, str]] | set[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], Stored]:
     """Live resources by (type, identifier system, value), in one query."""
-    if not keys:
+    columns = "r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.patient_id"
+    rows = _by_identifiers(conn, set(keys), columns)
+    if not rows:
         return {}
-    wanted = set(keys)
-    by_type: dict[str, set[str]] = {}
-    for rtype, _, value in wanted:
-        by_type.setdefault(rtype, set()).add(value)
-    types = tuple(sorted(by_type))
-    params: dict[str, Any] = {}
-    for i, rtype in enumerate(types):
-        params[f"t{i}"] = rtype
-        params[f"c{i}"] = sorted(by_type[rtype])
-    found: dict[tuple[str, str, str], Stored] = {}
-    for row in conn.execute(_identifier_lookup(len(types)), params):
-        key = (row.res_type, row.system, row.code)
-        if key in wanted:
-            found.setdefault(key, Stored(*row[2:]))
-    return found
+    # the columns' result processors (SQLite keeps times as text, booleans as integers)
+    processors = [
+        column.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+        for column in _SELECT_CURRENT.selected_columns
+    ]
+    return {
+        key: Stored(*(p(v) if p else v for p, v in zip(processors, row, strict=True)))
+        for key, row in rows.items()
+    }
 
 
 def versions_by_identifiers(
     conn: Connection, keys: set[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], tuple[str, int]]:
     """(id, version) of the live resource by (type, identifier system, value): what a staged
-    unit checks before it is written. Plain SQL: it runs for every batch the writer commits."""
+    unit checks before it is written."""
+    return {
+        k: (row[0], row[1]) for k, row in _by_identifiers(conn, keys, "r.res_id, r.version").items()
+    }
+
+
+def _by_identifiers(
+    conn: Connection, keys: set[tuple[str, str, str]], columns: str
+) -> dict[tuple[str, str, str], tuple[Any, ...]]:
+    """``columns`` of the live resource carrying each identifier key, in one query of plain
+    SQL (the ingest asks for every message; (res_type, param, code) is the index)."""
     if not keys:
         return {}
     by_type: dict[str, set[str]] = {}
@@ -417,31 +443,16 @@ def versions_by_identifiers(
         branches.append(f"(t.res_type = {m} AND t.code IN ({', '.join([m] * len(codes))}))")
         params += [rtype, *codes]
     sql = (
-        "SELECT t.res_type, t.system, t.code, r.res_id, r.version FROM search_token t "
+        f"SELECT t.res_type, t.system, t.code, {columns} FROM search_token t "
         "JOIN resource r ON r.res_type = t.res_type AND r.res_id = t.res_id "
         f"WHERE t.param = 'identifier' AND r.deleted = {m} AND ({' OR '.join(branches)})"
     )
-    found: dict[tuple[str, str, str], tuple[str, int]] = {}
-    for rtype, system, code, rid, version in conn.exec_driver_sql(sql, (False, *params)):
-        if (rtype, system, code) in keys:
-            found.setdefault((rtype, system, code), (rid, version))
+    found: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    for row in conn.exec_driver_sql(sql, (False, *params)):
+        key = (row[0], row[1], row[2])
+        if key in keys:
+            found.setdefault(key, tuple(row[3:]))
     return found
-
-
-@cache
-def _identifier_lookup(branches: int) -> Any:
-    """Resources by identifier for ``branches`` resource types; (res_type, param, code) is
-    the index, so each branch names its type. Built once per number of types."""
-    t = search_token
-    conditions = [
-        and_(t.c.res_type == bindparam(f"t{i}"), t.c.code.in_(bindparam(f"c{i}", expanding=True)))
-        for i in range(branches)
-    ]
-    return (
-        select(t.c.system, t.c.code, *_SELECT_CURRENT.selected_columns)
-        .join(resource, (resource.c.res_type == t.c.res_type) & (resource.c.res_id == t.c.res_id))
-        .where(t.c.param == "identifier", or_(*conditions), resource.c.deleted.is_(False))
-    )
 
 
 def _now() -> datetime:

@@ -417,6 +417,7 @@ class Hl7Ingest:
             rows = self.records.stage_batch(conn, who, writes, existing)
             if rows is None:
                 return None
+            rows.bind(conn.dialect)  # the writer's process only sends them
             keys = set(planned.keys)
             found = dict(planned.found)
             # a resident identity number stays unique: expect who holds it now
