@@ -56,9 +56,6 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
-        # SQLite's default page cache is 2 MB: the search index's random keys then miss it on
-        # nearly every insert once the database outgrows it (see docs/benchmarks.md)
-        cursor.execute("PRAGMA cache_size=-65536")  # KiB: 64 MB per connection, at most
         cursor.close()
 
     @event.listens_for(engine, "begin")
