@@ -7,14 +7,16 @@ read transaction tries to upgrade. PostgreSQL is used as it is.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,25 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         # a reader (see ``reader``) must not queue behind the writer for the write lock
         readonly = conn.get_execution_options().get("yilian_readonly")
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
+    """Take turns with other writers deciding about the same keys ("is this resident identity
+    number free?"): on PostgreSQL, transaction-scoped advisory locks, taken in one order so two
+    writers never wait on each other crosswise. SQLite needs none: its writers take turns
+    already (BEGIN IMMEDIATE)."""
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted({_lock_id(key) for key in keys})
+    if ids:
+        conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(%s::bigint[]) AS k ORDER BY 1) s",
+            (ids,),
+        )
+
+
+def _lock_id(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def reader(engine: Engine) -> Engine:

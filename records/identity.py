@@ -173,3 +173,9 @@ def grade(value: float, identifier_match: bool) -> str:
     if value >= 0.6:
         return "possible"
     return "certainly-not"
+
+
+def lock_key(number: str) -> str:
+    """What writers deciding whether a resident identity number is free take turns on
+    (``records.db.lock_keys``)."""
+    return f"resident-id:{number}"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from records import audit_log, fhirdates, fhirtypes, identity, query, searchparams, store
+from records import audit_log, db, fhirdates, fhirtypes, identity, query, searchparams, store
 from records.audit_log import Event
 from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, PreconditionFailed
 from records.schema import audit_record, resource, search_reference, search_token
@@ -344,13 +344,18 @@ class RecordService:
         return body
 
     def _check_unique_resident_id(
-        self, conn: Connection, rtype: str, rid: str, body: dict[str, Any]
+        self, conn: Connection, rtype: str, rid: str, body: dict[str, Any], *, lock: bool = True
     ) -> None:
+        """One live Patient per resident identity number. ``lock``: the caller writes in this
+        transaction, so it first takes its turn on the number (PostgreSQL; a writer that reads
+        a snapshot instead has its snapshot checked by ``records.staging``)."""
         if rtype != "Patient":
             return
         number = identity.resident_id_of(body)
         if not number:
             return
+        if lock:
+            db.lock_keys(conn, [identity.lock_key(number)])
         holder = conn.execute(_RESIDENT_ID_HOLDER, {"number": number, "rid": rid}).first()
         if holder is not None:
             raise Conflict(
@@ -631,7 +636,7 @@ class RecordService:
         Same checks as create/update: validation, identity rules, access and reach.
         ``models=False``: the R4 schema check only (see ``fhirtypes.validate``)."""
         scopes = self._write_scopes(who, writes)
-        written = store.write_many(conn, self._pending(conn, who, writes, models))
+        written = store.write_many(conn, self._pending(conn, who, writes, models, lock=True))
         for stored in written:
             scope = scopes[stored.res_type]
             if not scope.unrestricted:
@@ -651,7 +656,7 @@ class RecordService:
         None when a write needs checks only a writing transaction can make (restricted reach)."""
         if not all(s.unrestricted for s in self._write_scopes(who, writes).values()):
             return None
-        pending = self._pending(conn, who, writes, False)
+        pending = self._pending(conn, who, writes, False, lock=False)
         if any(not p.new and (p.rtype, p.rid) not in existing for p in pending):
             return None
         return store.stage(conn, pending, dict(existing))
@@ -670,12 +675,14 @@ class RecordService:
         who: Principal,
         writes: list[tuple[str, str, dict[str, Any], bool]],
         models: bool,
+        *,
+        lock: bool,
     ) -> list[store.Pending]:
         pending = []
         for rtype, rid, body, new in writes:
             self._check_writable_type(rtype)
             prepared = self._prepare(who, rtype, body, models=models)
-            self._check_unique_resident_id(conn, rtype, rid, prepared)
+            self._check_unique_resident_id(conn, rtype, rid, prepared, lock=lock)
             pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
         return pending
 

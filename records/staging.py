@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
-from records import audit_log, inbound, store
+from records import audit_log, db, identity, inbound, store
 from records.audit_log import Event
 from security.principal import Principal
 
@@ -40,6 +40,7 @@ class StaleSnapshot(Exception):
 
 
 Key = tuple[str, str, str]  # (resource type, identifier system, value)
+RESIDENT_ID = ("Patient", identity.RESIDENT_ID_SYSTEM)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Staged(Generic[T]):
 def holding(conn: Connection, units: list[Staged[Any]]) -> int:
     """How many leading units of ``units`` still hold (see the module's rule 1)."""
     keys = {k for u in units for k in u.expect}
+    # take turns with other writers deciding whether a resident identity number is free
+    db.lock_keys(conn, [identity.lock_key(k[2]) for k in keys if k[:2] == RESIDENT_ID])
     now = store.versions_by_identifiers(conn, keys)
     controls = {u.control for u in units if u.control}
     seen = inbound.control_ids_seen(conn, controls)
