@@ -10,6 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
@@ -401,19 +402,23 @@ def by_identifiers(
     conn: Connection, keys: list[tuple[str, str, str]] | set[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], Stored]:
     """Live resources by (type, identifier system, value), in one query."""
-    columns = "r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.content, r.patient_id"
+    columns, processors = _stored_columns(conn.dialect)
     rows = _by_identifiers(conn, set(keys), columns)
-    if not rows:
-        return {}
-    # the columns' result processors (SQLite keeps times as text, booleans as integers)
-    processors = [
-        column.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
-        for column in _SELECT_CURRENT.selected_columns
-    ]
     return {
         key: Stored(*(p(v) if p else v for p, v in zip(processors, row, strict=True)))
         for key, row in rows.items()
     }
+
+
+@cache
+def _stored_columns(dialect: Dialect) -> tuple[str, tuple[Any, ...]]:
+    """The columns of a ``Stored`` as SQL over ``resource r``, and their result processors
+    (SQLite keeps times as text and booleans as integers): made once per dialect."""
+    selected = _SELECT_CURRENT.selected_columns
+    return (
+        ", ".join(f"r.{c.name}" for c in selected),
+        tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in selected),
+    )
 
 
 def versions_by_identifiers(
