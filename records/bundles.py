@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy import Connection
 
-from records import query, store
+from records import ids, query
 from records.audit_log import Event
 from records.errors import FhirError, Invalid, NotSupported
 from records.service import RecordService
@@ -58,7 +58,7 @@ def _transaction(service: RecordService, who: Principal, entries: list[Any]) -> 
         entry = entries[i]
         if entry["request"]["method"] == "POST" and isinstance(entry.get("resource"), dict):
             rtype = entry["resource"].get("resourceType", "")
-            new = f"{rtype}/{store.new_id()}"
+            new = f"{rtype}/{ids.new_id()}"
             if entry.get("fullUrl"):
                 assigned[entry["fullUrl"]] = new
 

@@ -7,7 +7,6 @@ message and its resources commit together; a refused or failed one is archived o
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -83,10 +82,6 @@ def _archived(row: Any, with_raw: bool) -> Archived:
         attempts=row.attempts,
         raw=row.raw if with_raw else None,
     )
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def _json_fields(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from records import audit_log, db, fhirdates, fhirtypes, identity, query, searchparams, store
+from records import audit_log, db, fhirdates, fhirtypes, identity, ids, query, searchparams, store
 from records.audit_log import Event
 from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, PreconditionFailed
 from records.schema import audit_record, resource, search_reference, search_token
@@ -236,7 +236,7 @@ class RecordService:
                 )
             if existing:
                 return existing[0], False
-        rid = rid or store.new_id()
+        rid = rid or ids.new_id()
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "POST")
         self._check_reach(conn, rtype, rid, scope, deferred)

@@ -7,7 +7,6 @@ none of them commits. Access rules and audit are not applied here: ``records.ser
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
@@ -48,10 +47,6 @@ class Stored:
     @property
     def etag(self) -> str:
         return f'W/"{self.version}"'
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def dumps(body: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm, urn_part
 from adapters.hl7v2.mapping.translation import Context, Translation
 from adapters.hl7v2.message import Message, parse
-from records import audit_log, db, fhirdates, inbound, store
+from records import audit_log, db, fhirdates, ids, inbound
 from records.audit_log import Event
 from records.committer import GroupCommitter
 from records.errors import FhirError
@@ -306,7 +306,7 @@ class Hl7Ingest:
                 "where": str(refusal.where or ""),
             },
         )
-        target = archive_id or inbound.new_id()
+        target = archive_id or ids.new_id()
 
         def work(conn: Connection) -> None:
             inbound.record(
@@ -343,7 +343,7 @@ class Hl7Ingest:
         reply = ack.build(p.header, code, issues) if code else None
         organization = translation_org(translation, p.origin)
         who = _principal(p.header, p.origin, organization)
-        answer = Reply(reply, code, outcome, p.archive_id or inbound.new_id(), warnings)
+        answer = Reply(reply, code, outcome, p.archive_id or ids.new_id(), warnings)
         archived = {
             **_archive_fields(p.raw, p.digest, p.header, p.origin),
             "organization": organization,
@@ -531,7 +531,7 @@ def plan(records: RecordService, conn: Connection, translation: Translation) -> 
             ),
             None,
         )
-        rid = found.res_id if found else store.new_id()
+        rid = found.res_id if found else ids.new_id()
         resolved[entry.key] = f"{entry.rtype}/{rid}"
         if found is not None and entry.create_only_if_new:
             continue
@@ -593,7 +593,7 @@ def _provenance_write(
     refs = [f"{rtype}/{rid}" for rtype, rid, _, _ in writes]
     return (
         "Provenance",
-        store.new_id(),
+        ids.new_id(),
         _provenance(refs, archive_id, header, translation, who),
         True,
     )
