@@ -32,6 +32,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
         listeners = Listeners(context)
         await listeners.start()
         app.state.mllp = listeners.mllp
+        app.state.dicom = listeners.dicom
         log.info("gateway ready", extra={"http_port": settings.http_port})
         try:
             yield

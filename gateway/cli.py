@@ -327,6 +327,90 @@ def hl7_reprocess(archive_id: str, config: Path | None) -> None:
 
 
 @main.group()
+def dicom() -> None:
+    """DICOM objects the gateway could not file."""
+
+
+@dicom.group("quarantine")
+def dicom_quarantine() -> None:
+    """List, read and retry quarantined DICOM objects."""
+
+
+@dicom_quarantine.command("list")
+@click.option("--all", "everything", is_flag=True, help="released ones too")
+@click.option("--limit", default=50, show_default=True)
+@config_option
+def quarantine_list(everything: bool, limit: int, config: Path | None) -> None:
+    """Quarantined objects, newest first."""
+    from dicom import quarantine
+
+    ctx = _context(config)
+    try:
+        rows = quarantine.entries(
+            ctx.engine, status=None if everything else quarantine.QUARANTINED, limit=limit
+        )
+    finally:
+        ctx.close()
+    click.echo(f"{len(rows)} object(s)")
+    for row in rows:
+        click.echo(
+            f"{row.id}  {row.received:%Y-%m-%d %H:%M:%S}  {row.status:<11} "
+            f"{row.calling_ae or '?':<16} {row.size:>10}  {row.reason[:80]}"
+        )
+
+
+@dicom_quarantine.command("show")
+@click.argument("quarantine_id")
+@config_option
+def quarantine_show(quarantine_id: str, config: Path | None) -> None:
+    """One quarantined object: who sent it, when, why it was not filed, where it is kept."""
+    from dicom import quarantine
+
+    ctx = _context(config)
+    try:
+        row = quarantine.get(ctx.engine, quarantine_id)
+        path = ctx.dicom.store.path(row.storage_key) if row and row.storage_key else None
+    finally:
+        ctx.close()
+    if row is None:
+        raise click.ClickException(f"no quarantined DICOM object {quarantine_id}")
+    for label, value in (
+        ("id", row.id),
+        ("received", f"{row.received:%Y-%m-%d %H:%M:%S}"),
+        ("status", row.status),
+        ("attempts", row.attempts),
+        ("origin", row.origin),
+        ("calling AE", row.calling_ae),
+        ("peer", row.peer),
+        ("SOP class", row.sop_class),
+        ("SOP instance", row.sop_uid),
+        ("size", row.size),
+        ("file", path),
+        ("reason", row.reason),
+    ):
+        click.echo(f"{label:<13}{value if value is not None else '-'}")
+
+
+@dicom_quarantine.command("retry")
+@click.argument("quarantine_id")
+@config_option
+def quarantine_retry(quarantine_id: str, config: Path | None) -> None:
+    """File a quarantined object again (after its device was registered, say)."""
+    ctx = _context(config)
+    try:
+        outcome = ctx.dicom.retry(quarantine_id)
+    finally:
+        ctx.close()
+    if outcome is None:
+        raise click.ClickException(f"nothing to retry for {quarantine_id}")
+    click.echo(
+        f"{quarantine_id}: {outcome.result}" + (f" ({outcome.reason})" if outcome.reason else "")
+    )
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@main.group()
 def db() -> None:
     """The database schema."""
 

@@ -10,8 +10,11 @@ from sqlalchemy import Engine
 from adapters.hl7v2.ingest import Hl7Ingest
 from adapters.hl7v2.ingest import Settings as IngestSettings
 from adapters.hl7v2.workers import StagingPool
+from dicom.ingest import DicomIngest
+from dicom.storage import FileStore
 from gateway.settings import Settings
 from records import db
+from records.committer import GroupCommitter
 from records.service import RecordService
 from security.access import AccessPolicy
 from security.tokens import TokenIssuer, load_or_create_signing_key
@@ -24,6 +27,7 @@ class Context:
     records: RecordService
     tokens: TokenIssuer
     hl7: Hl7Ingest
+    dicom: DicomIngest
     # blocking work of the listeners (parsing, mapping, database) runs on these threads
     executor: ThreadPoolExecutor = field(repr=False, default_factory=ThreadPoolExecutor)
 
@@ -45,6 +49,8 @@ class Context:
         )
         key = load_or_create_signing_key(settings.keys_dir)
         tokens = TokenIssuer(key, settings.token_issuer, settings.token_ttl_seconds)
+        # the one writer of ingested data (HL7 and DICOM): one transaction, one fsync, many units
+        committer = GroupCommitter(engine, name="ingest-writer")
         hl7 = Hl7Ingest(
             records,
             IngestSettings(
@@ -52,6 +58,13 @@ class Context:
                 default_tz=settings.hl7_default_tz,
                 sender_charsets=settings.hl7_sender_charsets,
             ),
+            committer,
+        )
+        dicom = DicomIngest(
+            records,
+            FileStore(settings.data_dir / "dicom"),
+            committer,
+            default_tz=settings.hl7_default_tz,
         )
         workers = settings.resolved_hl7_workers if serving else 0
         if workers:
@@ -63,7 +76,7 @@ class Context:
                 sqlite_synchronous=settings.sqlite_synchronous,
             )
         executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")
-        return cls(settings, engine, records, tokens, hl7, executor)
+        return cls(settings, engine, records, tokens, hl7, dicom, executor)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

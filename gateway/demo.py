@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from dicom.ingest import AE_SYSTEM
 from gateway.context import Context
 from records import store, users
 from records.audit_log import Event
@@ -29,6 +30,13 @@ ORGANIZATIONS = [
     ("CITY_FIRST", "市第一人民医院", "City First People's Hospital", "prov", None),
     ("CITY_CENTRAL", "市中心医院", "City Central Hospital", "prov", None),
     ("COUNTY_MI", "县医疗保障局", "County Medical Insurance Office", "pay", None),
+]
+
+
+# (id, calling AE title, clinic, name, kind): the devices that send DICOM (DESIGN.md)
+DEVICES = [
+    ("xingfu-ct", "XINGFU_CT", "XINGFU_THC", "幸福镇卫生院 CT", "CT"),
+    ("xingfu-ecg", "XINGFU_ECG", "XINGFU_THC", "幸福镇卫生院 心电图机", "ECG"),
 ]
 
 
@@ -337,6 +345,17 @@ def _records(pid: str, clinic: str) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+def _device(ae_title: str, clinic: str, name: str, kind: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Device",
+        "identifier": [{"system": AE_SYSTEM, "value": ae_title}],
+        "status": "active",
+        "deviceName": [{"name": name, "type": "user-friendly-name"}],
+        "type": {"text": kind},
+        "owner": {"reference": f"Organization/{org(clinic)}"},
+    }
+
+
 def _put_if_absent(conn: Connection, rtype: str, rid: str, body: dict[str, Any]) -> bool:
     found = store.current(conn, rtype, rid)
     if found is not None and not found.deleted:
@@ -353,6 +372,8 @@ def load(ctx: Context) -> list[DemoUser]:
         for code, zh, en, kind, part_of in ORGANIZATIONS:
             body = _organization(code, zh, en, kind, part_of)
             created += _put_if_absent(conn, "Organization", org(code), body)
+        for rid, ae_title, clinic, name, kind in DEVICES:
+            created += _put_if_absent(conn, "Device", rid, _device(ae_title, clinic, name, kind))
         created += _put_if_absent(
             conn, "Practitioner", "doctor-xingfu", _practitioner("doctor-xingfu", "李", "卫民")
         )

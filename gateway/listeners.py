@@ -10,6 +10,7 @@ from adapters.hl7v2.listener import (
     certificate_common_name,
     server_context,
 )
+from dicom.scp import DicomServer, ScpSettings
 from gateway.context import Context
 from records.db import reader
 from records.fhirtypes import ORG_CODE_SYSTEM
@@ -21,6 +22,7 @@ class Listeners:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.mllp: MllpListener | None = None
+        self.dicom: DicomServer | None = None
 
     async def start(self) -> None:
         settings = self.ctx.settings
@@ -46,10 +48,29 @@ class Listeners:
                 organization_of_certificate=self._organization_of_certificate,
             )
             await self.mllp.start()
+        if settings.dicom_enabled:
+            dicom_tls = None
+            if settings.dicom_tls_cert and settings.dicom_tls_key:
+                dicom_tls = server_context(
+                    str(settings.dicom_tls_cert),
+                    str(settings.dicom_tls_key),
+                    str(settings.dicom_tls_client_ca) if settings.dicom_tls_client_ca else None,
+                )
+            self.dicom = DicomServer(
+                self.ctx.dicom,
+                ScpSettings(
+                    ae_title=settings.dicom_ae, host=settings.http_host, port=settings.dicom_port
+                ),
+                ssl_context=dicom_tls,
+                known_ae_titles=self.ctx.dicom.known_ae_titles,
+            )
+            self.dicom.start()
 
     async def stop(self) -> None:
         if self.mllp is not None:
             await self.mllp.stop()
+        if self.dicom is not None:
+            self.dicom.stop()
 
     def _organization_of_certificate(self, certificate: dict) -> str | None:  # type: ignore[type-arg]
         """A client certificate's common name is the clinic's code (XINGFU_THC)."""

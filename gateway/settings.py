@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     hl7_default_tz: str = Field(default="+08:00", pattern=r"^[+-]\d{2}:\d{2}$")
     # Character set per sending facility (MSH-4) for senders that leave MSH-18 empty.
     hl7_sender_charsets: dict[str, str] = Field(default_factory=dict)
+    # DICOM: the SCP on dicom_port (AE title dicom_ae). TLS when cert and key are set; with a
+    # CA, client certificates are required. Calling AE titles must belong to registered Devices.
+    dicom_enabled: bool = True
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_client_ca: Path | None = None
     ingest_threads: int = Field(default=8, ge=1, le=64)
     # Processes that parse and map HL7 v2 beside the gateway's own (None: one per CPU when
     # there are several; 0: none, everything in the gateway's process).

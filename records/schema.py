@@ -13,6 +13,7 @@ Tables:
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -203,3 +204,71 @@ Index(
 )
 Index("ix_inbound_received", inbound_message.c.received)
 Index("ix_inbound_outcome", inbound_message.c.outcome, inbound_message.c.received)
+
+# The DICOM index: one row per stored instance, with the patient/study/series attributes the
+# query services match on (C-FIND, QIDO-RS) copied out of the header. The object itself lives in
+# the object store (``dicom.storage``) under ``storage_key``, exactly as it was received.
+# Text columns hold the values decoded (Chinese names as Unicode); ``name_key`` is the patient's
+# name folded for matching (case, spaces, ``^`` and ``=`` groups). ``header`` is the DICOM JSON
+# of the header without bulk data (WADO-RS metadata, QIDO includefield).
+dicom_instance = Table(
+    "dicom_instance",
+    metadata,
+    Column("sop_uid", String(ID), primary_key=True),
+    Column("sop_class", String(ID), nullable=False),
+    Column("study_uid", String(ID), nullable=False),
+    Column("series_uid", String(ID), nullable=False),
+    Column("transfer_syntax", String(ID), nullable=False),
+    Column("patient_ref", String(ID), nullable=True),  # FHIR Patient id
+    Column("org_id", String(ID), nullable=True),  # the sending Organization
+    Column("calling_ae", String(16), nullable=True),
+    Column("dicom_patient_id", String(ID), nullable=True),
+    Column("issuer", String(ID), nullable=True),
+    Column("patient_name", String(255), nullable=True),
+    Column("name_key", String(255), nullable=True),
+    Column("birth_date", String(8), nullable=True),
+    Column("sex", String(16), nullable=True),
+    Column("study_date", String(8), nullable=True),
+    Column("study_time", String(16), nullable=True),
+    Column("accession", String(16), nullable=True),
+    Column("study_id", String(16), nullable=True),
+    Column("study_description", String(255), nullable=True),
+    Column("referring", String(255), nullable=True),
+    Column("modality", String(16), nullable=True),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", String(255), nullable=True),
+    Column("body_part", String(64), nullable=True),
+    Column("instance_number", Integer, nullable=True),
+    Column("frames", Integer, nullable=True),
+    Column("storage_key", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the stored bytes
+    Column("header", Text, nullable=False),
+    Column("received", DateTime(timezone=True), nullable=False),
+)
+Index("ix_dicom_study", dicom_instance.c.study_uid, dicom_instance.c.series_uid)
+Index("ix_dicom_series", dicom_instance.c.series_uid)
+Index("ix_dicom_patient_ref", dicom_instance.c.patient_ref)
+Index("ix_dicom_patient_id", dicom_instance.c.dicom_patient_id)
+Index("ix_dicom_study_date", dicom_instance.c.study_date)
+
+# Objects the gateway could not file, kept with the reason for the operator
+# (``yilian dicom quarantine list|show|retry``).
+dicom_quarantine = Table(
+    "dicom_quarantine",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("received", DateTime(timezone=True), nullable=False),
+    Column("calling_ae", String(16), nullable=True),
+    Column("peer", String(255), nullable=True),
+    Column("origin", String(16), nullable=False),  # dicom | stow
+    Column("sop_uid", String(ID), nullable=True),
+    Column("sop_class", String(ID), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # quarantined | released
+    Column("storage_key", String(255), nullable=True),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+Index("ix_dicom_quarantine_status", dicom_quarantine.c.status, dicom_quarantine.c.received)

@@ -94,6 +94,15 @@ _register(
     _p("connection-type", "token", "connectionType"),
 )
 _register(
+    "Device",
+    _IDENT,
+    _p("organization", "reference", "owner"),
+    _p("type", "token", "type"),
+    _p("status", "token", "status"),
+    _p("device-name", "string", "deviceName.name"),
+    _p("url", "token", "url"),
+)
+_register(
     "HealthcareService",
     _IDENT,
     _p("name", "string", "name"),

@@ -35,6 +35,7 @@ DIRECTORY_TYPES = frozenset(
         "Endpoint",
         "HealthcareService",
         "Location",
+        "Device",  # imaging modalities and ECG carts: the DICOM AE titles they call with
     }
 )
 FINANCIAL_TYPES = frozenset({"Coverage", "Claim", "ClaimResponse", "ExplanationOfBenefit"})

@@ -58,7 +58,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def settings(database_url: str, data_dir: Path) -> Settings:
     # hl7_workers=0: messages prepared in the test's process (tests of the worker pool set it)
-    return Settings(data_dir=data_dir, database_url=database_url, mllp_port=0, hl7_workers=0)
+    return Settings(
+        data_dir=data_dir, database_url=database_url, mllp_port=0, dicom_port=0, hl7_workers=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,121 @@
+"""The DICOM index: rows of ``records.schema.dicom_instance`` made from a dataset's header.
+
+One row per instance, with the patient/study/series attributes that C-FIND and QIDO-RS match on
+copied out (text decoded by ``dicom.charsets``, Chinese as Unicode) and the header itself as DICOM
+JSON without bulk data, so metadata answers never need to open the object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.tag import Tag
+from sqlalchemy import Connection, select
+
+from dicom import charsets
+from records.schema import dicom_instance
+
+# elements left out of the stored header: bulk data a metadata answer points to instead
+BULK = {Tag(0x7FE00010), Tag(0x54001010), Tag(0x7FE00008), Tag(0x7FE00009)}  # pixels, waveform
+
+
+def header_json(ds: Dataset) -> str:
+    """The header as DICOM JSON (PS3.18 F.2) without bulk data."""
+
+    def skip(element: Any) -> str:
+        return ""  # bulk data elements are dropped below
+
+    out = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=skip)
+    for tag in BULK:
+        out.pop(f"{tag:08X}", None)
+    for key in [k for k, v in out.items() if isinstance(v, dict) and v.get("BulkDataURI") == ""]:
+        out.pop(key)
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def row(
+    ds: Dataset,
+    *,
+    transfer_syntax: str,
+    storage_key: str,
+    size: int,
+    digest: str,
+    patient_ref: str | None,
+    org_id: str | None,
+    calling_ae: str | None,
+) -> dict[str, Any]:
+    """The index row of one instance (the dataset read without its pixel data is enough)."""
+    name = charsets.person_name(ds, "PatientName")
+    return {
+        "sop_uid": str(ds.SOPInstanceUID),
+        "sop_class": str(ds.SOPClassUID),
+        "study_uid": str(ds.StudyInstanceUID),
+        "series_uid": str(ds.SeriesInstanceUID),
+        "transfer_syntax": transfer_syntax,
+        "patient_ref": patient_ref,
+        "org_id": org_id,
+        "calling_ae": calling_ae,
+        "dicom_patient_id": charsets.decode_text(ds, "PatientID"),
+        "issuer": charsets.decode_text(ds, "IssuerOfPatientID"),
+        "patient_name": str(name) if name else None,
+        "name_key": charsets.name_key(str(name)) if name else None,
+        "birth_date": str(ds.get("PatientBirthDate", "") or "")[:8] or None,
+        "sex": str(ds.get("PatientSex", "") or "") or None,
+        "study_date": str(ds.get("StudyDate", "") or "")[:8] or None,
+        "study_time": str(ds.get("StudyTime", "") or "")[:16] or None,
+        "accession": charsets.decode_text(ds, "AccessionNumber"),
+        "study_id": charsets.decode_text(ds, "StudyID"),
+        "study_description": charsets.decode_text(ds, "StudyDescription"),
+        "referring": _name_text(ds, "ReferringPhysicianName"),
+        "modality": str(ds.get("Modality", "") or "") or None,
+        "series_number": _int(ds.get("SeriesNumber")),
+        "series_description": charsets.decode_text(ds, "SeriesDescription"),
+        "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
+        "instance_number": _int(ds.get("InstanceNumber")),
+        "frames": _int(ds.get("NumberOfFrames")) or (1 if "PixelData" in ds else None),
+        "storage_key": storage_key,
+        "size": size,
+        "digest": digest,
+        "header": header_json(ds),
+        "received": dt.datetime.now(dt.UTC),
+    }
+
+
+def _name_text(ds: Dataset, keyword: str) -> str | None:
+    name = charsets.person_name(ds, keyword)
+    return str(name) if name else None
+
+
+def insert(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(dicom_instance.insert().values(**values))
+
+
+def get(conn: Connection, sop_uid: str) -> Any:
+    return conn.execute(select(dicom_instance).where(dicom_instance.c.sop_uid == sop_uid)).first()
+
+
+def study_rows(conn: Connection, study_uid: str) -> list[Any]:
+    """Every instance of a study, in series then instance order (without the headers)."""
+    columns = [c for c in dicom_instance.c if c.key != "header"]
+    return list(
+        conn.execute(
+            select(*columns)
+            .where(dicom_instance.c.study_uid == study_uid)
+            .order_by(
+                dicom_instance.c.series_number,
+                dicom_instance.c.series_uid,
+                dicom_instance.c.instance_number,
+                dicom_instance.c.sop_uid,
+            )
+        )
+    )

@@ -1,0 +1,543 @@
+"""One core call files a DICOM object, whoever brought it (C-STORE, STOW-RS): the object kept as
+received, its index row, the resident's Patient (through identity matching), the ImagingStudy,
+for an ECG the waveform Observation with its measurements and a DiagnosticReport, a Provenance
+and the audit record, committed together before the sender hears "success".
+
+An object that cannot be filed is quarantined with its reason (``dicom.quarantine``) and the
+caller gets a failure outcome it maps to its own status (DIMSE status, HTTP). A repeated SOP
+Instance UID with the same bytes is a success that stores nothing; with other bytes the stored
+one is kept and the newcomer quarantined for the operator to decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import Connection, select
+
+from dicom import charsets, index, quarantine
+from dicom.mapping import ecg
+from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
+from dicom.storage import ObjectStore
+from records import db, fhirdates, ids
+from records.audit_log import Event, append
+from records.committer import GroupCommitter
+from records.identity import RESIDENT_ID_SYSTEM, parse_resident_id
+from records.schema import search_token
+from records.service import RecordService
+from records.store import Stored
+from security.principal import Principal, Role
+
+log = logging.getLogger(__name__)
+
+AE_SYSTEM = "urn:yilian:dicom-ae"  # Device.identifier: the AE title a device calls with
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+SEX = {"M": "male", "F": "female", "O": "other"}
+
+# outcomes, mapped by each caller to its own answer (DIMSE status, HTTP status)
+STORED = "stored"
+REPEAT = "repeat"
+REFUSED = "refused"  # the object is wrong: quarantined, the sender should not retry as is
+FAILED = "failed"  # our fault (database, disk): quarantined, the sender may retry
+
+
+@dataclass(frozen=True)
+class Origin:
+    kind: str  # dicom | stow
+    calling_ae: str | None
+    peer: str | None
+    organization: str | None  # the sending Organization's FHIR id
+
+
+@dataclass
+class Outcome:
+    result: str  # STORED | REPEAT | REFUSED | FAILED
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    reason: str | None = None
+    problem: str | None = None  # REFUSED: unreadable | mismatch | missing
+    resources: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (STORED, REPEAT)
+
+
+class Refusal(Exception):
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.problem = problem
+
+
+class DicomIngest:
+    def __init__(
+        self,
+        records: RecordService,
+        store: ObjectStore,
+        committer: GroupCommitter,
+        *,
+        default_tz: str = "+08:00",
+    ) -> None:
+        self.records = records
+        self.store = store
+        self.committer = committer
+        self.default_tz = default_tz
+        self._devices: dict[str, tuple[float, str | None]] = {}  # AE -> (when, Organization id)
+
+    # -- who is calling ---------------------------------------------------------------------
+
+    def organization_of_ae(self, ae_title: str) -> str | None:
+        """The Organization owning the registered Device that calls with ``ae_title`` (None:
+        unknown caller). Remembered for a minute, so a device registered or retired is seen
+        without a restart."""
+        cached = self._devices.get(ae_title)
+        if cached and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        with db.reader(self.records.engine).connect() as conn:
+            found = self.records.find_by_identifiers(conn, [("Device", AE_SYSTEM, ae_title)])
+        device = found.get(("Device", AE_SYSTEM, ae_title))
+        owner = None
+        if device is not None:
+            ref = device.json().get("owner", {}).get("reference", "")
+            owner = ref.split("/", 1)[1] if ref.startswith("Organization/") else None
+        self._devices[ae_title] = (time.monotonic(), owner)
+        return owner
+
+    def known_ae_titles(self) -> list[str]:
+        """Every AE title a registered Device calls with."""
+        with db.reader(self.records.engine).connect() as conn:
+            rows = conn.execute(
+                select(search_token.c.code).where(
+                    search_token.c.res_type == "Device",
+                    search_token.c.param == "identifier",
+                    search_token.c.system == AE_SYSTEM,
+                )
+            )
+            return sorted({r[0] for r in rows if r[0]})
+
+    # -- filing --------------------------------------------------------------------------------
+
+    def file(self, path: Path, origin: Origin, *, sop_class: str | None = None) -> Outcome:
+        """File the DICOM file at ``path``; it is moved into the store or into quarantine (the
+        caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE)."""
+        ds: Dataset | None = None
+        try:
+            ds = _read(path)
+            _check(ds, sop_class)
+            return self._file(path, ds, origin)
+        except Refusal as refusal:
+            return self._quarantine(path, origin, refusal.reason, refusal.problem, ds)
+        except Exception as exc:  # noqa: BLE001 - our fault: keep the object, say so
+            log.exception("filing a SOP instance failed: %s", type(exc).__name__)
+            reason = f"internal error: {type(exc).__name__}"
+            return self._quarantine(path, origin, reason, None, ds, failed=True)
+
+    def _file(self, path: Path, ds: Dataset, origin: Origin) -> Outcome:
+        sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+        key = f"studies/{study_uid}/{ds.SeriesInstanceUID}/{sop_uid}.dcm"
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        ecg_ds = ds if ecg.is_ecg(ds) else None
+        size, digest = _measure(path)
+        who = _principal(origin)
+        # the object is durable before its index row commits (a crash between leaves a file
+        # the sender's retry overwrites); one already there is a repeat or a conflict
+        placed = not self.store.exists(key)
+        if placed:
+            self.store.put_file(key, path)
+
+        def work(conn: Connection) -> Outcome:
+            db.lock_keys(conn, [f"dicom-study:{study_uid}"])
+            earlier = index.get(conn, sop_uid)
+            if earlier is not None:
+                if earlier.digest == digest:
+                    return Outcome(REPEAT, sop_uid, study_uid)
+                raise Refusal(
+                    f"SOP Instance UID {sop_uid} is already stored with other content; "
+                    "the stored object is kept",
+                    "conflict",
+                )
+            patient, created = self._patient(conn, who, ds, origin)
+            row = index.row(
+                ds,
+                transfer_syntax=transfer_syntax,
+                storage_key=key,
+                size=size,
+                digest=digest,
+                patient_ref=patient.res_id,
+                org_id=origin.organization,
+                calling_ae=origin.calling_ae,
+            )
+            index.insert(conn, row)
+            written = [patient] if created else []
+            study, new_series = self._study_state(conn, study_uid, row["series_uid"])
+            if study is None or new_series:
+                study = self._write_study(conn, who, study_uid, patient.res_id, study)
+                written.append(study)
+            study_ref = f"ImagingStudy/{study.res_id}"
+            warnings: list[str] = []
+            if ecg_ds is not None:
+                written += self._ecg(conn, who, ecg_ds, patient.res_id, study_ref, origin, warnings)
+            if written:
+                written.append(self._provenance(conn, who, written, sop_uid, origin))
+            refs = [f"{s.res_type}/{s.res_id}" for s in written] or [study_ref]
+            append(conn, who, Event.touching("dicom-store", [(r, patient.res_id) for r in refs]))
+            return Outcome(STORED, sop_uid, study_uid, resources=refs, warnings=warnings)
+
+        try:
+            outcome: Outcome = self.committer.submit(work)
+        except BaseException:
+            if placed:  # back where the caller's quarantine looks for it
+                self.store.path(key).replace(path)
+            raise
+        if not placed:
+            if outcome.result == STORED:  # a file left by a crash before its row: replace it
+                self.store.put_file(key, path)
+            else:
+                path.unlink(missing_ok=True)
+        log.info("DICOM %s from %s (%d bytes)", outcome.result, origin.calling_ae, size)
+        return outcome
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def _patient(
+        self, conn: Connection, who: Principal, ds: Dataset, origin: Origin
+    ) -> tuple[Stored, bool]:
+        identifiers = patient_identifiers(ds, origin)
+        if not identifiers:
+            raise Refusal("PatientID (0010,0020) is empty: the object cannot be filed", "missing")
+        keys = [("Patient", i["system"], i["value"]) for i in identifiers]
+        keys.sort(key=lambda k: k[1] != RESIDENT_ID_SYSTEM)  # strongest first
+        db.lock_keys(conn, [f"patient:{k[1]}|{k[2]}" for k in keys])
+        found = self.records.find_by_identifiers(conn, keys)
+        for k in keys:
+            if k in found:
+                return found[k], False
+        body = patient_body(ds, identifiers, origin)
+        stored, _ = self.records.create_in(conn, who, "Patient", body)
+        return stored, True
+
+    def _study_state(self, conn: Connection, study_uid: str, series_uid: str) -> tuple[Any, bool]:
+        system, value = study_identifier(study_uid)
+        found = self.records.find_by_identifiers(conn, [("ImagingStudy", system, value)])
+        study = found.get(("ImagingStudy", system, value))
+        if study is None:
+            return None, True
+        known = {s.get("uid") for s in study.json().get("series", [])}
+        return study, series_uid not in known
+
+    def _write_study(
+        self, conn: Connection, who: Principal, study_uid: str, patient_id: str, study: Any
+    ) -> Stored:
+        body = imaging_study(
+            index.study_rows(conn, study_uid), subject=f"Patient/{patient_id}", tz=self.default_tz
+        )
+        if study is None:
+            stored, _ = self.records.create_in(conn, who, "ImagingStudy", body)
+        else:
+            stored, _ = self.records.update_in(conn, who, "ImagingStudy", study.res_id, body)
+        return stored
+
+    def refresh_studies(self, study_uids: set[str], origin: Origin) -> None:
+        """Bring the ImagingStudy of each study up to what the index holds (counts, instances):
+        run when an association or a STOW request ends, not after every instance."""
+        who = _principal(origin)
+        for study_uid in sorted(study_uids):
+
+            def work(conn: Connection, study_uid: str = study_uid) -> None:
+                db.lock_keys(conn, [f"dicom-study:{study_uid}"])
+                study, _ = self._study_state(conn, study_uid, "")
+                rows = index.study_rows(conn, study_uid)
+                if study is None or not rows:
+                    return
+                subject = study.json()["subject"]["reference"]
+                body = imaging_study(rows, subject=subject, tz=self.default_tz)
+                old = {k: v for k, v in study.json().items() if k not in ("id", "meta")}
+                if body != old:
+                    stored, _ = self.records.update_in(
+                        conn, who, "ImagingStudy", study.res_id, body
+                    )
+                    append(
+                        conn,
+                        who,
+                        Event.touching("dicom-store", [(f"ImagingStudy/{stored.res_id}", None)]),
+                    )
+
+            try:
+                self.committer.submit(work)
+            except Exception as exc:  # noqa: BLE001 - the next store of the study retries it
+                log.error("refreshing an ImagingStudy failed: %s", type(exc).__name__)
+
+    def _ecg(
+        self,
+        conn: Connection,
+        who: Principal,
+        ds: Dataset,
+        patient_id: str,
+        study_ref: str,
+        origin: Origin,
+        warnings: list[str],
+    ) -> list[Stored]:
+        try:
+            bodies = ecg.ecg_resources(
+                ds,
+                subject=f"Patient/{patient_id}",
+                new_id=ids.new_id,
+                imaging_study=study_ref,
+                performer=f"Organization/{origin.organization}" if origin.organization else None,
+            )
+        except ValueError as exc:  # the study is filed; the tracing could not be read
+            warnings.append(f"ECG waveform not mapped: {exc}")
+            return []
+        writes = [(b["resourceType"], b["id"], b, True) for b in bodies]
+        return self.records.write_batch(conn, who, writes)
+
+    def _provenance(
+        self, conn: Connection, who: Principal, written: list[Stored], sop_uid: str, origin: Origin
+    ) -> Stored:
+        agent: dict[str, Any] = {
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                        "code": "author",
+                    }
+                ]
+            },
+            "who": (
+                {"reference": f"Organization/{origin.organization}"}
+                if origin.organization
+                else {"display": origin.calling_ae or "unknown sender"}
+            ),
+        }
+        body = {
+            "resourceType": "Provenance",
+            "target": [{"reference": f"{s.res_type}/{s.res_id}"} for s in written],
+            "recorded": fhirdates.instant(fhirdates.now()),
+            "activity": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                        "code": "CREATE",
+                    }
+                ]
+            },
+            "agent": [agent],
+            "entity": [
+                {
+                    "role": "source",
+                    "what": {
+                        "identifier": {"system": UID_SYSTEM, "value": f"urn:oid:{sop_uid}"},
+                        "display": f"DICOM {origin.kind} from {origin.calling_ae or '?'}",
+                    },
+                }
+            ],
+        }
+        stored, _ = self.records.create_in(conn, who, "Provenance", body)
+        return stored
+
+    # -- quarantine ----------------------------------------------------------------------------
+
+    def retry(self, qid: str) -> Outcome | None:
+        """File a quarantined object again (after its sender's device was registered, say);
+        None when there is no such entry or nothing left to file."""
+        entry = quarantine.get(self.records.engine, qid)
+        if entry is None or entry.status != quarantine.QUARANTINED or not entry.storage_key:
+            return None
+        work = self.store.scratch() / f"{ids.new_id()}.dcm"
+        with self.store.open(entry.storage_key) as src, open(work, "wb") as dst:
+            for chunk in iter(lambda: src.read(1024 * 1024), b""):
+                dst.write(chunk)
+        organization = self.organization_of_ae(entry.calling_ae) if entry.calling_ae else None
+        origin = Origin(entry.origin, entry.calling_ae, entry.peer, organization)
+        ds: Dataset | None = None
+        try:
+            ds = _read(work)
+            _check(ds, None)
+            outcome = self._file(work, ds, origin)
+        except Refusal as refusal:
+            work.unlink(missing_ok=True)
+            quarantine.settle(self.records.engine, qid, released=False, reason=refusal.reason)
+            return Outcome(REFUSED, _text(ds, "SOPInstanceUID"), reason=refusal.reason)
+        quarantine.settle(self.records.engine, qid, released=outcome.ok)
+        if outcome.ok:
+            self.store.delete(entry.storage_key)
+        return outcome
+
+    def _quarantine(
+        self,
+        path: Path,
+        origin: Origin,
+        reason: str,
+        problem: str | None,
+        ds: Dataset | None,
+        *,
+        failed: bool = False,
+    ) -> Outcome:
+        sop_uid = _text(ds, "SOPInstanceUID")
+        entry = quarantine.put(
+            self.records.engine,
+            self.store,
+            path,
+            origin=origin.kind,
+            calling_ae=origin.calling_ae,
+            peer=origin.peer,
+            sop_uid=sop_uid,
+            sop_class=_text(ds, "SOPClassUID"),
+            reason=reason,
+        )
+        log.warning("DICOM object from %s quarantined (%s): %s", origin.calling_ae, entry, reason)
+        return Outcome(FAILED if failed else REFUSED, sop_uid, reason=reason, problem=problem)
+
+
+# -- reading and checking ------------------------------------------------------------------------
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        charsets.fix_dataset(ds)
+        ds.get("PatientName")  # decodes lazily: fail here, not later
+        return ds
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise Refusal(f"the dataset cannot be read: {exc}"[:500], "unreadable") from None
+
+
+def _check(ds: Dataset, sop_class: str | None) -> tuple[str, str]:
+    missing = [
+        f"{k} {t}"
+        for k, t in (
+            ("SOPClassUID", "(0008,0016)"),
+            ("SOPInstanceUID", "(0008,0018)"),
+            ("StudyInstanceUID", "(0020,000D)"),
+            ("SeriesInstanceUID", "(0020,000E)"),
+        )
+        if not str(ds.get(k, "") or "").strip()
+    ]
+    if missing:
+        raise Refusal(f"required UID missing: {', '.join(missing)}", "missing")
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        value = str(ds.get(keyword))
+        if len(value) > 64 or not UID.fullmatch(value):
+            raise Refusal(f"{keyword} '{value[:70]}' is not a valid UID", "mismatch")
+    if sop_class and str(ds.SOPClassUID) != sop_class:
+        raise Refusal(
+            f"the dataset's SOP Class UID {ds.SOPClassUID} is not the one of the request "
+            f"({sop_class})",
+            "mismatch",
+        )
+    return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+
+
+def _text(ds: Dataset | None, keyword: str) -> str | None:
+    if ds is None:
+        return None
+    value = str(ds.get(keyword, "") or "").strip()
+    return value[:64] or None
+
+
+def patient_identifiers(ds: Dataset, origin: Origin) -> list[dict[str, Any]]:
+    """PatientID (with IssuerOfPatientID, else the sending clinic, as the namespace) and the
+    resident identity number wherever it appears (PatientID or OtherPatientIDsSequence)."""
+    out: list[dict[str, Any]] = []
+    namespace = charsets.decode_text(ds, "IssuerOfPatientID") or origin.organization or "unknown"
+
+    def add(value: str | None, issuer: str) -> None:
+        value = (value or "").strip()
+        if not value:
+            return
+        if _is_resident_id(value):
+            ident = {"system": RESIDENT_ID_SYSTEM, "value": value.upper(), "use": "official"}
+        else:
+            ident = {"system": f"urn:yilian:mrn:{issuer}", "value": value}
+        if ident not in out:
+            out.append(ident)
+
+    add(charsets.decode_text(ds, "PatientID"), namespace)
+    for item in ds.get("OtherPatientIDsSequence", []) or []:
+        issuer = charsets.decode_text(item, "IssuerOfPatientID") or namespace
+        add(charsets.decode_text(item, "PatientID"), issuer)
+    return out
+
+
+def _is_resident_id(value: str) -> bool:
+    if len(value.strip()) != 18:
+        return False
+    try:
+        parse_resident_id(value)
+    except ValueError:
+        return False
+    return True
+
+
+def patient_body(ds: Dataset, identifiers: list[dict[str, Any]], origin: Origin) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers}
+    name = charsets.person_name(ds, "PatientName")
+    if name is not None:
+        names = []
+        if name.ideographic:
+            names.append(_human_name(name.ideographic, "official"))
+        if name.alphabetic:
+            names.append(_human_name(name.alphabetic, "usual" if names else "official"))
+        body["name"] = [n for n in names if n]
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    when = fhir_datetime(birth, None, "")
+    if when:
+        body["birthDate"] = when
+    sex = SEX.get(str(ds.get("PatientSex", "") or "").upper())
+    if sex:
+        body["gender"] = sex
+    if origin.organization:
+        body["managingOrganization"] = {"reference": f"Organization/{origin.organization}"}
+    return body
+
+
+def _human_name(group: str, use: str) -> dict[str, Any]:
+    parts = (group.split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (p.strip() for p in parts)
+    out: dict[str, Any] = {"use": use}
+    text = family + given if _is_cjk(family + given) else " ".join(p for p in (given, family) if p)
+    if text:
+        out["text"] = text
+    if family:
+        out["family"] = family
+    givens = [g for g in (given, middle) if g]
+    if givens:
+        out["given"] = givens
+    if prefix:
+        out["prefix"] = [prefix]
+    if suffix:
+        out["suffix"] = [suffix]
+    return out if len(out) > 1 else {}
+
+
+def _is_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)
+
+
+def _principal(origin: Origin) -> Principal:
+    return Principal(
+        username=f"dicom:{origin.calling_ae or origin.kind}"[:128],
+        role=Role.SYSTEM,
+        organization=origin.organization,
+        source=origin.peer,
+    )
+
+
+def _measure(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

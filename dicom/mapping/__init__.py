@@ -1,0 +1,1 @@
+"""DICOM-to-FHIR mappings (ImagingStudy, ECG waveforms)."""

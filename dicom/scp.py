@@ -1,0 +1,184 @@
+"""The gateway's DICOM Application Entity: C-ECHO, C-STORE of every storage SOP class in every
+common transfer syntax, optional TLS, calling AE titles allowed per registered Device.
+
+A listener only: it receives the object (streamed to a file as it arrives, never decoded and
+encoded again), hands it to ``DicomIngest.file`` and maps the outcome to a DIMSE status through
+``STATUS`` below. The success status goes out only after the object and its index row are
+durable. When an association ends, the ImagingStudy of each study it touched is brought up to
+date once (counts and instances), not after every instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom import ingest
+from dicom.ingest import DicomIngest, Origin
+
+log = logging.getLogger(__name__)
+
+# received datasets go to a file as they arrive: a 1 GB instance never sits in memory
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+# the one table from ingest outcomes to C-STORE statuses (PS3.4 GG.4-1 and B.2.3)
+STATUS = {
+    ingest.STORED: 0x0000,
+    ingest.REPEAT: 0x0000,
+    ("refused", "unreadable"): 0xC000,  # cannot understand
+    ("refused", "missing"): 0xA900,  # data set does not match SOP class
+    ("refused", "mismatch"): 0xA900,
+    ("refused", "conflict"): 0xC001,  # failure: same SOP Instance UID, other content
+    ingest.FAILED: 0xA700,  # out of resources: our fault, the sender may retry
+}
+NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
+
+
+@dataclass
+class ScpSettings:
+    ae_title: str = "YILIAN"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    acse_timeout: float = 30
+    dimse_timeout: float = 60
+    network_timeout: float = 120
+    maximum_pdu_size: int = 0  # what we receive: unlimited, fewer fragments
+
+
+class _GatewayAE(AE):  # type: ignore[misc]
+    """An AE whose allowed calling AE titles are the registered devices', looked up live."""
+
+    allowed: Callable[[], list[str]] = staticmethod(lambda: [NOT_RECOGNISED])
+
+    @property  # type: ignore[override,misc]
+    def require_calling_aet(self) -> list[str]:
+        return self.allowed() or [NOT_RECOGNISED]
+
+
+class DicomServer:
+    def __init__(
+        self,
+        ingest: DicomIngest,
+        settings: ScpSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        known_ae_titles: Callable[[], list[str]],
+        extra_handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
+        configure: Callable[[AE], None] | None = None,
+    ) -> None:
+        self.ingest = ingest
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self._known = known_ae_titles
+        self._titles: tuple[float, list[str]] = (0.0, [])
+        self._extra = extra_handlers or []
+        self._configure = configure
+        self._touched: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+        self._server: Any = None
+
+    def _allowed(self) -> list[str]:
+        when, titles = self._titles
+        if time.monotonic() - when > 5:  # a device registered a moment ago is let in
+            titles = self._known()
+            self._titles = (time.monotonic(), titles)
+        return titles
+
+    def build_ae(self) -> AE:
+        s = self.settings
+        ae = _GatewayAE(ae_title=s.ae_title)
+        ae.allowed = self._allowed
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.maximum_pdu_size = s.maximum_pdu_size
+        ae.maximum_associations = 32
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        if self._configure is not None:
+            self._configure(ae)
+        return ae
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_end),
+            (evt.EVT_ABORTED, self._on_end),
+            (evt.EVT_CONN_CLOSE, self._on_end),
+            *self._extra,
+        ]
+        self._server = self.build_ae().start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self.ssl_context,
+        )
+        log.info(
+            "DICOM SCP %s listening on %s:%d%s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            " (TLS)" if self.ssl_context else "",
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server else self.settings.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+            log.info("DICOM SCP stopped")
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def origin(self, event: Any) -> Origin:
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        return Origin("dicom", calling, peer, self.ingest.organization_of_ae(calling))
+
+    def _on_store(self, event: Any) -> Dataset:
+        path = Path(event.dataset_path)
+        sop_class = str(event.request.AffectedSOPClassUID)
+        outcome = self.ingest.file(path, self.origin(event), sop_class=sop_class)
+        if outcome.ok and outcome.study_uid:
+            with self._lock:
+                self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
+        status = Dataset()
+        key: Any = outcome.result
+        if outcome.result == ingest.REFUSED:
+            key = ("refused", outcome.problem or "unreadable")
+        status.Status = STATUS.get(key, 0xC000)
+        if outcome.reason:
+            status.ErrorComment = outcome.reason[:64]
+        return status
+
+    def _on_end(self, event: Any) -> None:
+        with self._lock:
+            studies = self._touched.pop(id(event.assoc), None)
+        if studies:
+            self.ingest.refresh_studies(studies, self.origin(event))
+
+
+def _nodelay(event: Any) -> None:
+    """Nagle off: without it each small C-STORE response waits for a delayed ACK (PEERS.md)."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # the connection is already gone
+        pass
