@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,8 +166,12 @@ def test_a_series_over_one_association_ends_with_the_counts_of_the_index(
     files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 5)
     output = storescu(scp.port, *files)
     assert output.count("Success") >= 5, output
+    # the refresh runs in the SCP's association thread once the release is answered
+    deadline = time.monotonic() + 10
+    while find_one(demo, "ImagingStudy")[0]["numberOfInstances"] != 5:
+        assert time.monotonic() < deadline, "the ImagingStudy was not refreshed"
+        time.sleep(0.05)
     [study] = find_one(demo, "ImagingStudy")
-    assert study["numberOfInstances"] == 5
     assert sorted(i["number"] for i in study["series"][0]["instance"]) == [1, 2, 3, 4, 5]
 
 
