@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 from adapters.hl7v2.listener import (
     ListenerSettings,
@@ -27,13 +28,6 @@ class Listeners:
     async def start(self) -> None:
         settings = self.ctx.settings
         if settings.mllp_enabled:
-            context = None
-            if settings.mllp_tls_cert and settings.mllp_tls_key:
-                context = server_context(
-                    str(settings.mllp_tls_cert),
-                    str(settings.mllp_tls_key),
-                    str(settings.mllp_tls_client_ca) if settings.mllp_tls_client_ca else None,
-                )
             self.mllp = MllpListener(
                 self.ctx.hl7,
                 ListenerSettings(
@@ -44,27 +38,27 @@ class Listeners:
                     frame_timeout=settings.mllp_frame_timeout,
                 ),
                 self.ctx.executor,
-                ssl_context=context,
+                ssl_context=self._tls("mllp"),
                 organization_of_certificate=self._organization_of_certificate,
             )
             await self.mllp.start()
         if settings.dicom_enabled:
-            dicom_tls = None
-            if settings.dicom_tls_cert and settings.dicom_tls_key:
-                dicom_tls = server_context(
-                    str(settings.dicom_tls_cert),
-                    str(settings.dicom_tls_key),
-                    str(settings.dicom_tls_client_ca) if settings.dicom_tls_client_ca else None,
-                )
             self.dicom = DicomServer(
                 self.ctx.dicom,
                 ScpSettings(
                     ae_title=settings.dicom_ae, host=settings.http_host, port=settings.dicom_port
                 ),
-                ssl_context=dicom_tls,
+                ssl_context=self._tls("dicom"),
                 known_ae_titles=self.ctx.dicom.known_ae_titles,
             )
             self.dicom.start()
+
+    def _tls(self, listener: str) -> ssl.SSLContext | None:
+        """The listener's TLS context when its certificate and key are set, else None."""
+        cert, key, ca = self.ctx.settings.tls_files(listener)
+        if not (cert and key):
+            return None
+        return server_context(str(cert), str(key), str(ca) if ca else None)
 
     async def stop(self) -> None:
         if self.mllp is not None:

@@ -82,11 +82,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
-        if bool(self.mllp_tls_cert) != bool(self.mllp_tls_key):
-            raise ValueError("mllp_tls_cert and mllp_tls_key go together: set both or neither")
-        if self.mllp_tls_client_ca and not self.mllp_tls_cert:
-            raise ValueError("mllp_tls_client_ca needs mllp_tls_cert and mllp_tls_key")
+        for listener in ("mllp", "dicom"):
+            cert, key, ca = self.tls_files(listener)
+            if bool(cert) != bool(key):
+                raise ValueError(
+                    f"{listener}_tls_cert and {listener}_tls_key go together: set both or neither"
+                )
+            if ca and not cert:
+                raise ValueError(
+                    f"{listener}_tls_client_ca needs {listener}_tls_cert and {listener}_tls_key"
+                )
         return self
+
+    def tls_files(self, listener: str) -> tuple[Path | None, Path | None, Path | None]:
+        """(certificate, key, client CA) of a listener ("mllp" or "dicom")."""
+        return (
+            getattr(self, f"{listener}_tls_cert"),
+            getattr(self, f"{listener}_tls_key"),
+            getattr(self, f"{listener}_tls_client_ca"),
+        )
 
     @field_validator("hl7_sender_charsets")
     @classmethod

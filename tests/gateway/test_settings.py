@@ -56,3 +56,9 @@ def test_the_example_config_file_loads() -> None:
     example = Path(__file__).parents[2] / "deploy" / "yilian.example.toml"
     settings = load_settings(example)
     assert settings.http_port == 8080 and settings.sqlite_synchronous == "FULL"
+
+
+@pytest.mark.parametrize("listener", ["mllp", "dicom"])
+def test_a_tls_certificate_without_its_key_is_refused(listener: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=f"{listener}_tls_cert and {listener}_tls_key"):
+        Settings(**{f"{listener}_tls_cert": tmp_path / "server.crt"})
