@@ -27,10 +27,11 @@ from dicom import charsets, index, quarantine
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
 from dicom.storage import ObjectStore
-from records import db, fhirdates, ids
+from records import db, ids
 from records.audit_log import Event, append
 from records.committer import GroupCommitter
 from records.identity import RESIDENT_ID_SYSTEM, parse_resident_id
+from records.provenance import ingest_provenance
 from records.schema import search_token
 from records.service import RecordService
 from records.store import Stored
@@ -304,44 +305,15 @@ class DicomIngest:
     def _provenance(
         self, conn: Connection, who: Principal, written: list[Stored], sop_uid: str, origin: Origin
     ) -> Stored:
-        agent: dict[str, Any] = {
-            "type": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                        "code": "author",
-                    }
-                ]
+        body = ingest_provenance(
+            [f"{s.res_type}/{s.res_id}" for s in written],
+            organization=origin.organization,
+            sender=origin.calling_ae or "unknown sender",
+            source={
+                "identifier": {"system": UID_SYSTEM, "value": f"urn:oid:{sop_uid}"},
+                "display": f"DICOM {origin.kind} from {origin.calling_ae or '?'}",
             },
-            "who": (
-                {"reference": f"Organization/{origin.organization}"}
-                if origin.organization
-                else {"display": origin.calling_ae or "unknown sender"}
-            ),
-        }
-        body = {
-            "resourceType": "Provenance",
-            "target": [{"reference": f"{s.res_type}/{s.res_id}"} for s in written],
-            "recorded": fhirdates.instant(fhirdates.now()),
-            "activity": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                        "code": "CREATE",
-                    }
-                ]
-            },
-            "agent": [agent],
-            "entity": [
-                {
-                    "role": "source",
-                    "what": {
-                        "identifier": {"system": UID_SYSTEM, "value": f"urn:oid:{sop_uid}"},
-                        "display": f"DICOM {origin.kind} from {origin.calling_ae or '?'}",
-                    },
-                }
-            ],
-        }
+        )
         stored, _ = self.records.create_in(conn, who, "Provenance", body)
         return stored
 

@@ -35,12 +35,13 @@ from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm, urn_part
 from adapters.hl7v2.mapping.translation import Context, Translation
 from adapters.hl7v2.message import Message, parse
-from records import audit_log, db, fhirdates, ids, inbound
+from records import audit_log, db, ids, inbound
 from records.audit_log import Event
 from records.committer import GroupCommitter
 from records.errors import FhirError
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.identity import RESIDENT_ID_SYSTEM
+from records.provenance import ingest_provenance
 from records.service import RecordService
 from records.staging import Staged, StaleSnapshot
 from records.store import Stored
@@ -639,47 +640,16 @@ def _provenance(
     translation: Translation,
     who: Principal,
 ) -> dict[str, Any]:
-    agent: dict[str, Any] = {
-        "type": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                    "code": "author",
-                }
-            ]
+    return ingest_provenance(
+        targets,
+        organization=who.organization,
+        sender=header.sending_facility or "unknown sender",
+        source={
+            "identifier": {"system": "urn:yilian:inbound", "value": archive_id},
+            "display": f"HL7 v2 {header.event} {header.control_id}"[:200],
         },
-        "who": (
-            {"reference": f"Organization/{who.organization}"}
-            if who.organization
-            else {"display": header.sending_facility or "unknown sender"}
-        ),
-    }
-    body: dict[str, Any] = {
-        "resourceType": "Provenance",
-        "target": [{"reference": ref} for ref in targets],
-        "recorded": fhirdates.instant(fhirdates.now()),
-        "activity": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                    "code": "CREATE",
-                }
-            ]
-        },
-        "agent": [agent],
-        "entity": [
-            {
-                "role": "source",
-                "what": {
-                    "identifier": {"system": "urn:yilian:inbound", "value": archive_id},
-                    "display": f"HL7 v2 {header.event} {header.control_id}"[:200],
-                },
-            }
-        ],
-    }
-    if translation.occurred:
-        body["occurredDateTime"] = translation.occurred
-    return body
+        occurred=translation.occurred,
+    )
 
 
 # -- helpers -------------------------------------------------------------------------------------
