@@ -180,8 +180,8 @@ class DicomIngest:
             )
             index.insert(conn, row)
             written = [patient] if created else []
-            study, new_series = self._study_state(conn, study_uid, row["series_uid"])
-            if study is None or new_series:
+            study = self._find_study(conn, study_uid)
+            if study is None or row["series_uid"] not in _series_uids(study):
                 study = self._write_study(conn, who, study_uid, patient.res_id, study)
                 written.append(study)
             study_ref = f"ImagingStudy/{study.res_id}"
@@ -227,14 +227,10 @@ class DicomIngest:
         stored, _ = self.records.create_in(conn, who, "Patient", body)
         return stored, True
 
-    def _study_state(self, conn: Connection, study_uid: str, series_uid: str) -> tuple[Any, bool]:
-        system, value = study_identifier(study_uid)
-        found = self.records.find_by_identifiers(conn, [("ImagingStudy", system, value)])
-        study = found.get(("ImagingStudy", system, value))
-        if study is None:
-            return None, True
-        known = {s.get("uid") for s in study.json().get("series", [])}
-        return study, series_uid not in known
+    def _find_study(self, conn: Connection, study_uid: str) -> Stored | None:
+        """The ImagingStudy of a Study Instance UID, if the record has it."""
+        key = ("ImagingStudy", *study_identifier(study_uid))
+        return self.records.find_by_identifiers(conn, [key]).get(key)
 
     def _write_study(
         self, conn: Connection, who: Principal, study_uid: str, patient_id: str, study: Any
@@ -256,7 +252,7 @@ class DicomIngest:
 
             def work(conn: Connection, study_uid: str = study_uid) -> None:
                 db.lock_keys(conn, [f"dicom-study:{study_uid}"])
-                study, _ = self._study_state(conn, study_uid, "")
+                study = self._find_study(conn, study_uid)
                 rows = index.study_rows(conn, study_uid)
                 if study is None or not rows:
                     return
@@ -384,7 +380,7 @@ def _read(path: Path) -> Dataset:
         raise Refusal(f"the dataset cannot be read: {exc}"[:500], "unreadable") from None
 
 
-def _check(ds: Dataset, sop_class: str | None) -> tuple[str, str]:
+def _check(ds: Dataset, sop_class: str | None) -> None:
     missing = [
         f"{k} {t}"
         for k, t in (
@@ -407,7 +403,10 @@ def _check(ds: Dataset, sop_class: str | None) -> tuple[str, str]:
             f"({sop_class})",
             "mismatch",
         )
-    return str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+
+
+def _series_uids(study: Stored) -> set[str]:
+    return {s.get("uid") for s in study.json().get("series", [])}
 
 
 def _text(ds: Dataset | None, keyword: str) -> str | None:
