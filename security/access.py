@@ -179,6 +179,20 @@ class AccessPolicy:
             "and the demographics of their insured"
         )
 
+    def _device(self, who: Principal, rtype: str, action: Action) -> Decision:
+        """A DICOM caller (C-FIND, C-GET, C-MOVE) acts for the Organization owning its Device:
+        it reads the images of that organization's patients and of those routed to it."""
+        if action in WRITES:
+            return Decision.deny("DICOM devices query and retrieve; they store through ingest")
+        if rtype in DIRECTORY_TYPES:
+            return Decision(True)
+        if rtype not in CLINICAL_TYPES:
+            return Decision.deny(f"DICOM devices do not read {rtype}")
+        if not who.organization:
+            return Decision(True, Scope(patients=PatientSet(), include_unowned=False))
+        patients = PatientSet(managed_by=who.organization, routed_to=who.organization)
+        return Decision(True, Scope(patients=patients, include_unowned=False))
+
     @staticmethod
     def _directory_read_only(action: Action) -> Decision:
         if action in READS:

@@ -13,6 +13,7 @@ class Role(StrEnum):
     INSURER = "insurer"
     ADMIN = "admin"
     SYSTEM = "system"  # the gateway itself: ingest, workers, demo loader
+    DEVICE = "device"  # a registered DICOM device or workstation querying and retrieving
 
 
 @dataclass(frozen=True)

@@ -274,3 +274,31 @@ def test_system_is_unrestricted(rtype: str, action: Action) -> None:
     decision = decide(SYSTEM, rtype, action)
     assert decision.allowed
     assert decision.scope.unrestricted
+
+
+# -- DICOM devices (C-FIND, C-GET, C-MOVE callers) ---------------------------------------------
+
+WORKSTATION = Principal("dicom:CITY_WS", Role.DEVICE, "CITY_FIRST")
+
+
+@pytest.mark.parametrize("rtype", ["ImagingStudy", "Patient", "Observation"])
+def test_device_reads_its_organizations_and_routed_patients(rtype: str) -> None:
+    decision = decide(WORKSTATION, rtype, Action.SEARCH)
+    assert decision.allowed
+    assert decision.scope.patients == PatientSet(managed_by="CITY_FIRST", routed_to="CITY_FIRST")
+    assert not decision.scope.include_unowned
+
+
+@pytest.mark.parametrize("action", WRITE_ACTIONS)
+def test_device_writes_nothing(action: Action) -> None:
+    assert not allowed(WORKSTATION, "ImagingStudy", action)
+
+
+@pytest.mark.parametrize("rtype", ["Claim", "AuditEvent"])
+def test_device_reads_no_financial_or_audit_data(rtype: str) -> None:
+    assert not allowed(WORKSTATION, rtype, Action.READ)
+
+
+def test_device_of_no_organization_sees_nobody() -> None:
+    decision = decide(Principal("dicom:X", Role.DEVICE), "ImagingStudy", Action.SEARCH)
+    assert decision.allowed and decision.scope.patients == PatientSet()

@@ -1,0 +1,212 @@
+"""The query engine behind C-FIND and QIDO-RS, over an index filled by the real ingest with
+pydicom's sample objects (CT, MR, a 12-lead ECG, UTF-8 and GB18030 names) and an ISO 2022 IR 58
+object built byte by byte."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicom import query
+from dicom.ingest import Origin
+from dicom.query import Query, QueryError
+from gateway.context import Context
+from security.access import PatientSet, Scope
+from tests.dicom.test_charsets import CHARSET_FILES, ESC_GB2312, element, gb
+from tests.dicom.test_scp import copy_with_new_uids, sample
+
+IR58_STUDY = "1.2.826.0.1.3680043.8.498.58"
+
+
+def ir58_file(folder: Path) -> Path:
+    """A secondary capture whose name is in ISO 2022 IR 58, as raw bytes (pydicom cannot write
+    that encoding itself)."""
+    elements = [
+        element(0x00080005, "CS", b"\\ISO 2022 IR 58"),
+        element(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.7\x00"),
+        element(0x00080018, "UI", f"{IR58_STUDY}.3".encode()),
+        element(0x00080020, "DA", b"20240105"),
+        element(0x00080060, "CS", b"OT"),
+        element(
+            0x00100010,
+            "PN",
+            b"Wang^XiaoDong=" + ESC_GB2312 + gb("王") + b"^" + ESC_GB2312 + gb("小东") + b"=",
+        ),
+        element(0x00100020, "LO", b"IR58EXAMPLE"),
+        element(0x0020000D, "UI", f"{IR58_STUDY}.1".encode()),
+        element(0x0020000E, "UI", f"{IR58_STUDY}.2".encode()),
+    ]
+    meta = pydicom.Dataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = f"{IR58_STUDY}.3"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(pydicom.filebase.DicomFileLike(buffer), pydicom.FileMetaDataset(meta))
+    path = folder / "ir58.dcm"
+    path.write_bytes(buffer.getvalue() + b"".join(elements))
+    return path
+
+
+@pytest.fixture
+def filed(demo: Context, tmp_path: Path) -> Context:
+    org = demo.dicom.organization_of_ae("XINGFU_CT")
+    origin = Origin("dicom", "XINGFU_CT", "127.0.0.1:1", org)
+    charsets = Path(CHARSET_FILES)
+    sources = [
+        sample("CT_small.dcm"),
+        sample("MR_small.dcm"),
+        sample("waveform_ecg.dcm"),
+        charsets / "chrX1.dcm",
+        charsets / "chrX2.dcm",
+    ]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [Path(shutil.copy(s, folder / f"{n}.dcm")) for n, s in enumerate(sources)]
+    paths.append(ir58_file(folder))
+    series = tmp_path / "series"
+    series.mkdir()
+    paths += copy_with_new_uids(
+        sample("CT_small.dcm"), series, 3, StudyDate="20240301", AccessionNumber="XF2024"
+    )
+    for path in paths:
+        outcome = demo.dicom.file(path, origin)
+        assert outcome.ok, outcome.reason
+    return demo
+
+
+def find(ctx: Context, level: str, visible=None, **keys):  # type: ignore[no-untyped-def]
+    options = {k: keys.pop(k) for k in ("fuzzy", "limit", "offset", "wanted") if k in keys}
+    with ctx.engine.connect() as conn:
+        return query.search(conn, Query(level, keys, **options), visible)
+
+
+def studies(ctx: Context, **keys: str) -> set[str]:
+    return {m.values["StudyInstanceUID"] for m in find(ctx, "STUDY", **keys)}
+
+
+def test_every_study_with_counts_over_the_whole_study(filed: Context) -> None:
+    found = find(filed, "STUDY")
+    assert len(found) == 7
+    series = [m.values for m in found if m.values.get("AccessionNumber") == "XF2024"]
+    assert len(series) == 1
+    assert series[0]["NumberOfStudyRelatedInstances"] == 3
+    assert series[0]["NumberOfStudyRelatedSeries"] == 1
+    assert series[0]["ModalitiesInStudy"] == ["CT"]
+    # most recent first
+    dates = [m.values.get("StudyDate", "") for m in found]
+    assert dates == sorted(dates, reverse=True)
+
+
+def test_counts_stay_whole_when_a_lower_level_key_narrows_the_match(filed: Context) -> None:
+    found = find(filed, "STUDY", AccessionNumber="XF2024", InstanceNumber="2")
+    assert [m.values["NumberOfStudyRelatedInstances"] for m in found] == [3]
+
+
+def test_names_match_in_any_component_group_and_come_back_exact(filed: Context) -> None:
+    wang = studies(filed, PatientName="Wang*")
+    assert len(wang) == 3  # chrX1 (UTF-8), chrX2 (GB18030), IR 58
+    simplified = find(filed, "STUDY", PatientName="王^小东")
+    assert {m.values["PatientName"] for m in simplified} == {"Wang^XiaoDong=王^小东"}
+    assert IR58_STUDY + ".1" in {m.values["StudyInstanceUID"] for m in simplified}
+    assert len(simplified) == 2  # chrX1 is 小東, the traditional form
+    assert studies(filed, PatientName="wang^xiaodong") == wang  # case does not matter
+    assert studies(filed, PatientName="王*") == wang
+    assert studies(filed, PatientName="Li*") == set()
+
+
+def test_fuzzy_names_ignore_spaces_delimiters_and_width(filed: Context) -> None:
+    assert len(studies(filed, PatientName="小东", fuzzy=True)) == 2  # type: ignore[arg-type]
+    assert len(studies(filed, PatientName="ｘｉａｏ dong", fuzzy=True)) == 3  # type: ignore[arg-type]
+    assert studies(filed, PatientName="xiao dong") == set()  # not fuzzy: no such name
+
+
+def test_dates_match_by_range_and_single_value(filed: Context) -> None:
+    ct_mr = studies(filed, StudyDate="20040101-20041231")
+    assert len(ct_mr) == 2
+    assert len(studies(filed, StudyDate="-20040120")) == 1  # the CT of 2004-01-19
+    assert len(studies(filed, StudyDate="20240301")) == 1
+    assert len(studies(filed, StudyDate="2024-")) == 2  # the series and the IR 58 object
+
+
+def test_modalities_in_study_and_uid_lists(filed: Context) -> None:
+    assert len(studies(filed, ModalitiesInStudy="CT\\MR")) == 3
+    assert len(studies(filed, ModalitiesInStudy="ECG")) == 1
+    two = sorted(studies(filed))[:2]
+    assert studies(filed, StudyInstanceUID="\\".join(two)) == set(two)
+
+
+def test_series_and_instances_of_a_study(filed: Context) -> None:
+    study = find(filed, "STUDY", AccessionNumber="XF2024")[0].values["StudyInstanceUID"]
+    series = find(filed, "SERIES", StudyInstanceUID=study)
+    assert len(series) == 1
+    assert series[0].values["NumberOfSeriesRelatedInstances"] == 3
+    assert series[0].values["Modality"] == "CT"
+    images = find(filed, "IMAGE", StudyInstanceUID=study, wanted=["Rows", "00280011"])
+    assert [m.values["InstanceNumber"] for m in images] == [1, 2, 3]
+    assert images[0].elements["00280010"] == {"vr": "US", "Value": [128]}
+    assert images[0].elements["00280011"]["Value"] == [128]
+
+
+def test_patients_are_grouped_by_id_and_issuer(filed: Context) -> None:
+    found = find(filed, "PATIENT", PatientID="1CT1")
+    assert len(found) == 1
+    # CT_small and the 3-instance series made from it: one patient, two studies
+    assert found[0].values["NumberOfPatientRelatedStudies"] == 2
+    assert found[0].values["NumberOfPatientRelatedInstances"] == 4
+    assert len(find(filed, "PATIENT")) == 6
+
+
+def test_limit_and_offset_page_without_overlap(filed: Context) -> None:
+    pages = [
+        [m.values["StudyInstanceUID"] for m in find(filed, "STUDY", limit=3, offset=o)]
+        for o in (0, 3, 6)
+    ]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert len({uid for page in pages for uid in page}) == 7
+
+
+def test_only_visible_instances_exist(filed: Context) -> None:
+    nobody = query.visible_clause(Scope(patients=PatientSet(), include_unowned=False))
+    assert find(filed, "STUDY", nobody) == []
+    patient = next(iter(_patient_refs(filed)))
+    one = query.visible_clause(Scope(patients=PatientSet(ids=frozenset({patient}))))
+    assert 1 <= len(find(filed, "STUDY", one)) < 7
+    assert query.visible_clause(Scope()) is None
+
+
+def _patient_refs(ctx: Context) -> set[str]:
+    with ctx.engine.connect() as conn:
+        return {r.patient_ref for r in query.instances(conn)}
+
+
+def test_instances_for_a_retrieve(filed: Context) -> None:
+    study = find(filed, "STUDY", AccessionNumber="XF2024")[0].values["StudyInstanceUID"]
+    with filed.engine.connect() as conn:
+        rows = query.instances(conn, study=study)
+        assert [r.instance_number for r in rows] == [1, 2, 3]
+        assert query.instances(conn, sop=rows[1].sop_uid)[0].sop_uid == rows[1].sop_uid
+        assert query.instances(conn, patient_id="1CT1", study=generate_uid()) == []
+
+
+@pytest.mark.parametrize(
+    ("level", "keys", "message"),
+    [
+        ("FRAME", {}, "unknown query level"),
+        ("STUDY", {"PatientAge": "040Y"}, "cannot be matched"),
+        ("STUDY", {"StudyDate": "2004x-"}, "not a DICOM date"),
+        ("STUDY", {"NumberOfStudyRelatedInstances": "3"}, "returned, not matched"),
+        ("IMAGE", {"InstanceNumber": "one"}, "not a number"),
+    ],
+)
+def test_a_query_that_cannot_be_answered_says_why(
+    filed: Context, level: str, keys: dict[str, str], message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        find(filed, level, **keys)
