@@ -56,6 +56,7 @@ class Origin:
     calling_ae: str | None
     peer: str | None
     organization: str | None  # the sending Organization's FHIR id
+    user: str | None = None  # STOW-RS: the user who sent it (for the audit record)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class Outcome:
     problem: str | None = None  # REFUSED: unreadable | mismatch | missing
     resources: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    series_uid: str | None = None
+    sop_class: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -145,6 +148,7 @@ class DicomIngest:
 
     def _file(self, path: Path, ds: Dataset, origin: Origin) -> Outcome:
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+        series_uid, sop_class = str(ds.SeriesInstanceUID), str(ds.SOPClassUID)
         key = f"studies/{study_uid}/{ds.SeriesInstanceUID}/{sop_uid}.dcm"
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         ecg_ds = ds if ecg.is_ecg(ds) else None
@@ -161,7 +165,9 @@ class DicomIngest:
             earlier = index.get(conn, sop_uid)
             if earlier is not None:
                 if earlier.digest == digest:
-                    return Outcome(REPEAT, sop_uid, study_uid)
+                    return Outcome(
+                        REPEAT, sop_uid, study_uid, series_uid=series_uid, sop_class=sop_class
+                    )
                 raise Refusal(
                     f"SOP Instance UID {sop_uid} is already stored with other content; "
                     "the stored object is kept",
@@ -192,7 +198,15 @@ class DicomIngest:
                 written.append(self._provenance(conn, who, written, sop_uid, origin))
             refs = [f"{s.res_type}/{s.res_id}" for s in written] or [study_ref]
             append(conn, who, Event.touching("dicom-store", [(r, patient.res_id) for r in refs]))
-            return Outcome(STORED, sop_uid, study_uid, resources=refs, warnings=warnings)
+            return Outcome(
+                STORED,
+                sop_uid,
+                study_uid,
+                resources=refs,
+                warnings=warnings,
+                series_uid=series_uid,
+                sop_class=sop_class,
+            )
 
         try:
             outcome: Outcome = self.committer.submit(work)
@@ -364,7 +378,13 @@ class DicomIngest:
             reason=reason,
         )
         log.warning("DICOM object from %s quarantined (%s): %s", origin.calling_ae, entry, reason)
-        return Outcome(FAILED if failed else REFUSED, sop_uid, reason=reason, problem=problem)
+        return Outcome(
+            FAILED if failed else REFUSED,
+            sop_uid,
+            reason=reason,
+            problem=problem,
+            sop_class=_text(ds, "SOPClassUID"),
+        )
 
 
 # -- reading and checking ------------------------------------------------------------------------
@@ -497,7 +517,7 @@ def _is_cjk(text: str) -> bool:
 
 def _principal(origin: Origin) -> Principal:
     return Principal(
-        username=f"dicom:{origin.calling_ae or origin.kind}"[:128],
+        username=(origin.user or f"dicom:{origin.calling_ae or origin.kind}")[:128],
         role=Role.SYSTEM,
         organization=origin.organization,
         source=origin.peer,

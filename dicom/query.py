@@ -101,6 +101,7 @@ DEFAULTS = {
         "NumberOfStudyRelatedInstances",
     ],
     "SERIES": [
+        "StudyInstanceUID",
         "Modality",
         "SeriesDescription",
         "SeriesNumber",
@@ -108,7 +109,14 @@ DEFAULTS = {
         "BodyPartExamined",
         "NumberOfSeriesRelatedInstances",
     ],
-    "IMAGE": ["SOPClassUID", "SOPInstanceUID", "InstanceNumber", "NumberOfFrames"],
+    "IMAGE": [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "NumberOfFrames",
+    ],
 }
 # the unique key of each level and what identifies its groups in the index
 GROUP = {
@@ -243,6 +251,7 @@ class Match:
 
     values: dict[str, Any]
     elements: dict[str, Any] = field(default_factory=dict)
+    patient: str | None = None  # the FHIR Patient id (for the audit record)
 
 
 def search(
@@ -321,6 +330,7 @@ def _describe(
         func.count(func.distinct(c.series_uid)).label("series"),
         func.count().label("instances"),
         func.min(c.sop_uid).label("representative"),
+        func.min(c.patient_ref).label("patient"),
     ]
     where = [_in_groups(level, keys)]
     if visible is not None:
@@ -342,7 +352,7 @@ def _describe(
         if "ModalitiesInStudy" in wanted and level == "STUDY":
             found["ModalitiesInStudy"] = modalities.get(key[0], [])
         _counts(found, level, r, wanted)
-        out.append(Match(found, headers.get(r.representative, {})))
+        out.append(Match(found, headers.get(r.representative, {}), r.patient))
     return out
 
 
@@ -388,7 +398,7 @@ def _headers(
     extra = [w for w in wanted if w not in ATTRIBUTES]
     if not extra and not everything:
         return {}
-    tags = {_tag(w) for w in extra}
+    tags = {tag_of(w) for w in extra}
     representatives = [r.representative for r in rows.values()]
     out: dict[str, dict[str, Any]] = {}
     for sop_uid, header in conn.execute(
@@ -401,7 +411,7 @@ def _headers(
     return out
 
 
-def _tag(keyword_or_tag: str) -> str:
+def tag_of(keyword_or_tag: str) -> str:
     """``PatientAge`` or ``00101010`` -> ``00101010``."""
     if len(keyword_or_tag) == 8 and all(ch in "0123456789abcdefABCDEF" for ch in keyword_or_tag):
         return keyword_or_tag.upper()

@@ -45,6 +45,14 @@ STATUS = {
 NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
 
 
+def status_of(outcome: ingest.Outcome) -> int:
+    """The DIMSE status of an ingest outcome (also STOW-RS's Failure Reason)."""
+    key: Any = outcome.result
+    if outcome.result == ingest.REFUSED:
+        key = ("refused", outcome.problem or "unreadable")
+    return STATUS.get(key, 0xC000)
+
+
 @dataclass
 class ScpSettings:
     ae_title: str = "YILIAN"
@@ -161,10 +169,7 @@ class DicomServer:
             with self._lock:
                 self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
         status = Dataset()
-        key: Any = outcome.result
-        if outcome.result == ingest.REFUSED:
-            key = ("refused", outcome.problem or "unreadable")
-        status.Status = STATUS.get(key, 0xC000)
+        status.Status = status_of(outcome)
         if outcome.reason:
             status.ErrorComment = outcome.reason[:64]
         return status

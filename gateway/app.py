@@ -15,7 +15,7 @@ from gateway.context import Context
 from gateway.fhirhttp import error_response, outcome_response
 from gateway.listeners import Listeners
 from gateway.observability import Metrics, RequestLog
-from gateway.routers import admin, auth, fhir, health, hl7, pages
+from gateway.routers import admin, auth, dicomweb, fhir, health, hl7, pages
 from gateway.settings import Settings
 from records.errors import FhirError
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(fhir.router)
     app.include_router(hl7.router)
+    app.include_router(dicomweb.router)
     app.include_router(admin.router)
     app.include_router(pages.router)
     return app

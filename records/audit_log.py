@@ -207,7 +207,7 @@ def as_audit_event(row: Any) -> dict[str, Any]:
                 "requestor": False,
             }
         )
-    entities = [{"what": {"reference": ref}} for ref in entry.resources if "/" in ref]
+    entities = [_entity(ref) for ref in entry.resources if "/" in ref or ref.startswith("urn:")]
     if entry.patient:
         entities.insert(
             0,
@@ -223,3 +223,11 @@ def as_audit_event(row: Any) -> dict[str, Any]:
     if entities:
         event["entity"] = entities
     return event
+
+
+def _entity(ref: str) -> dict[str, Any]:
+    """A resource reference, or an object known by identifier only (``urn:oid:`` of a DICOM
+    study, series or instance)."""
+    if ref.startswith("urn:"):
+        return {"what": {"identifier": {"system": "urn:dicom:uid", "value": ref}}}
+    return {"what": {"reference": ref}}

@@ -60,6 +60,14 @@ class MethodNotAllowed(FhirError):
     status, code = 405, "not-supported"
 
 
+class NotAcceptable(FhirError):
+    status, code = 406, "not-supported"
+
+
+class UnsupportedMediaType(FhirError):
+    status, code = 415, "not-supported"
+
+
 def operation_outcome(
     code: str,
     diagnostics: str,

@@ -1,0 +1,91 @@
+"""Reading the image archive on behalf of someone: what they may see, and the audit record of
+what they saw. DICOMweb (and any other reader with a principal) goes through here, so the
+access rules and the audit are applied once, as for the FHIR API.
+
+Nothing outside the principal's scope exists for them: an invisible study answers 404 like an
+absent one. Each search or retrieve writes one audit event per patient touched, naming the
+studies by their UID (``urn:oid:...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from sqlalchemy import ColumnElement
+
+from dicom import charsets, query
+from dicom.query import Match, Query
+from dicom.storage import ObjectStore
+from records import db
+from records.audit_log import Event
+from records.errors import NotFound
+from records.service import RecordService
+from security.access import Action
+from security.principal import Principal
+
+
+class Archive:
+    def __init__(self, records: RecordService, store: ObjectStore) -> None:
+        self.records = records
+        self.store = store
+
+    def visible(self, who: Principal, action: Action = Action.SEARCH) -> ColumnElement[bool] | None:
+        """The instances ``who`` may see (raises Forbidden when they may see none by rule)."""
+        return query.visible_clause(self.records.scope(who, "ImagingStudy", action))
+
+    def search(self, who: Principal, q: Query) -> list[Match]:
+        visible = self.visible(who)
+        with db.reader(self.records.engine).connect() as conn:
+            found = query.search(conn, q, visible)
+        touched = [(_what(m), m.patient) for m in found]
+        event = _event("dicom-search", touched) if touched else Event("dicom-search")
+        self.records.audit(who, event)
+        return found
+
+    def instances(
+        self,
+        who: Principal,
+        action: str,
+        *,
+        study: str | None = None,
+        series: str | None = None,
+        sop: str | None = None,
+    ) -> list[Any]:
+        """The index rows of the instances named, visible to ``who`` (NotFound if none)."""
+        visible = self.visible(who, Action.READ)
+        with db.reader(self.records.engine).connect() as conn:
+            rows = query.instances(conn, study=study, series=series, sop=sop, visible=visible)
+        if not rows:
+            named = sop or series or study
+            raise NotFound(f"no instance of {named} is known")
+        studies = {r.study_uid: r.patient_ref for r in rows}
+        self.records.audit(who, _event(action, [(f"urn:oid:{s}", p) for s, p in studies.items()]))
+        return rows
+
+    def metadata(self, who: Principal, **named: str | None) -> list[dict[str, Any]]:
+        rows = self.instances(who, "dicom-metadata", **named)
+        with db.reader(self.records.engine).connect() as conn:
+            return [query.header(conn, r.sop_uid) or {} for r in rows]
+
+    def path(self, row: Any) -> Path:
+        return self.store.path(row.storage_key)
+
+    def dataset(self, row: Any, *, pixels: bool = True) -> Dataset:
+        ds = dcmread(self.path(row), stop_before_pixels=not pixels)
+        return charsets.fix_dataset(ds)
+
+    def chunks(self, row: Any) -> Iterator[bytes]:
+        with self.store.open(row.storage_key) as f:
+            yield from iter(lambda: f.read(1024 * 1024), b"")
+
+
+def _what(match: Match) -> str:
+    study = match.values.get("StudyInstanceUID")
+    return f"urn:oid:{study}" if study else f"Patient/{match.patient}"
+
+
+def _event(action: str, touched: list[tuple[str, str | None]]) -> Event:
+    return Event.touching(action, touched)
