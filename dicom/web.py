@@ -165,6 +165,8 @@ def accepted(header: str | None, default: str, *, offer: Iterable[str]) -> list[
         syntax = None if syntax in (None, "*") else syntax
         if media_type == "multipart/related":
             part = opts.get("type", default).lower()
+            if part in ("*/*", "*"):
+                part = default
             if part in offered:
                 found.append(Accepted(part, syntax, True))
         elif media_type in offered:
