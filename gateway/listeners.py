@@ -11,6 +11,7 @@ from adapters.hl7v2.listener import (
     certificate_common_name,
     server_context,
 )
+from dicom.qr import QueryRetrieve
 from dicom.scp import DicomServer, ScpSettings
 from gateway.context import Context
 from records.db import reader
@@ -43,6 +44,7 @@ class Listeners:
             )
             await self.mllp.start()
         if settings.dicom_enabled:
+            qr = QueryRetrieve(self.ctx.dicom)
             self.dicom = DicomServer(
                 self.ctx.dicom,
                 ScpSettings(
@@ -50,6 +52,8 @@ class Listeners:
                 ),
                 ssl_context=self._tls("dicom"),
                 known_ae_titles=self.ctx.dicom.known_ae_titles,
+                extra_handlers=qr.handlers(),
+                configure=qr.configure,
             )
             self.dicom.start()
 

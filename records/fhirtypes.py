@@ -41,6 +41,7 @@ STORED_TYPES = frozenset(
         "Consent",
         "Provenance",
         "Binary",
+        "Device",  # imaging modalities, ECG carts, workstations: their DICOM AE titles
     }
 )
 READ_ONLY_TYPES = frozenset({"AuditEvent"})  # generated from the audit chain

@@ -142,3 +142,18 @@ def test_a_query_that_cannot_be_answered_says_why(
 ) -> None:
     with pytest.raises(QueryError, match=message):
         find(filed, level, **keys)
+
+
+def test_a_device_registered_through_the_fhir_api_may_call(client, as_user, demo) -> None:  # type: ignore[no-untyped-def]
+    device = {
+        "resourceType": "Device",
+        "identifier": [{"system": "urn:yilian:dicom-ae", "value": "XINGFU_US"}],
+        "owner": {"reference": "Organization/XINGFU-THC"},
+        "url": "dicom://10.0.0.7:104",
+    }
+    created = client.post("/fhir/Device", json=device, headers=as_user("admin"))
+    assert created.status_code == 201, created.text
+    assert "XINGFU_US" in demo.dicom.known_ae_titles()
+    assert demo.dicom.organization_of_ae("XINGFU_US") == "XINGFU-THC"
+    refused = client.post("/fhir/Device", json=device, headers=as_user("doctor.xingfu"))
+    assert refused.status_code == 403
