@@ -174,7 +174,18 @@ def ecg_resources(
         report["conclusion"] = "; ".join(s for s in statements if s)
     if findings:
         report["conclusionCode"] = findings
+    report["presentedForm"] = [tracing_attachment(ds)]
     return [copy.deepcopy(r) for r in (waveform, *measurements, report)]  # nothing shared
+
+
+def tracing_attachment(ds: Dataset) -> dict[str, Any]:
+    """The printed 12-lead tracing, as the gateway's DICOMweb renders it (a URL relative to the
+    gateway's base, so it holds behind any proxy)."""
+    path = (
+        f"dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/rendered"
+    )
+    return {"contentType": "image/png", "url": path, "title": "12-lead ECG tracing"}
 
 
 def effective_datetime(ds: Dataset, *, default_tz: str = "+08:00") -> str | None:

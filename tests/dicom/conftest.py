@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
+import uvicorn
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom.ingest import Origin
+from gateway.app import create_app
 from gateway.context import Context
+from gateway.settings import Settings
+from records import users
+from tests.conftest import bearer
 from tests.dicom.test_charsets import CHARSET_FILES, ESC_GB2312, element, gb
 from tests.dicom.test_scp import copy_with_new_uids, sample
 
@@ -75,3 +84,42 @@ def filed(demo: Context, tmp_path: Path) -> Context:
         outcome = demo.dicom.file(path, origin)
         assert outcome.ok, outcome.reason
     return demo
+
+
+@dataclass
+class LiveGateway:
+    """The gateway as ``yilian serve`` runs it (HTTP on a real socket, the DICOM SCP)."""
+
+    base: str  # http://127.0.0.1:PORT
+    dicom_port: int
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.base}/dicomweb"
+
+
+@pytest.fixture
+def live_gateway(demo: Context, settings: Settings) -> Iterator[LiveGateway]:
+    app = create_app(settings.model_copy(update={"dicom_enabled": True, "dicom_port": 0}), demo)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield LiveGateway(f"http://127.0.0.1:{port}", app.state.dicom.port)
+    server.should_exit = True
+    thread.join(15)
+
+
+@pytest.fixture
+def token(demo: Context) -> str:
+    """A bearer token of the demo's township doctor."""
+    with demo.engine.begin() as conn:
+        user = users.get(conn, "doctor.xingfu")
+    assert user is not None
+    return bearer(demo, user.principal())["Authorization"].split(" ", 1)[1]

@@ -3,22 +3,15 @@ library, and Orthanc's DICOMweb plugin (answers compared; Orthanc pulling a stud
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from gateway.app import create_app
-from gateway.context import Context
-from gateway.settings import Settings
-from tests.conftest import bearer
+from tests.dicom.conftest import LiveGateway
 from tests.dicom.orthanc import running_orthanc
 from tests.dicom.test_scp import copy_with_new_uids, sample
 
@@ -26,31 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def live(demo: Context, settings: Settings) -> Iterator[str]:
-    """The gateway's HTTP API on a real socket: base URL of /dicomweb."""
-    app = create_app(settings.model_copy(update={"dicom_enabled": False}), demo)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/dicomweb"
-    server.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture
-def token(demo: Context) -> str:
-    from records import users
-
-    with demo.engine.begin() as conn:
-        user = users.get(conn, "doctor.xingfu")
-    assert user is not None
-    return bearer(demo, user.principal())["Authorization"].split(" ", 1)[1]
+def live(live_gateway: LiveGateway) -> str:
+    return live_gateway.dicomweb
 
 
 def test_dicomweb_client_stores_searches_and_retrieves(
