@@ -329,6 +329,28 @@ class DicomIngest:
 
     # -- quarantine ----------------------------------------------------------------------------
 
+    def cut_off(
+        self, path: Path, origin: Origin, *, sop_uid: str | None, sop_class: str | None
+    ) -> str:
+        """Keep what arrived of an object whose transfer ended before its last byte (the
+        association aborted or the connection dropped): nothing is filed, the sender never
+        heard success; the operator sees what came and when. The quarantine id."""
+        size = path.stat().st_size if path.exists() else 0
+        reason = f"transfer cut off: the association ended after {size} bytes of the object"
+        entry = quarantine.put(
+            self.records.engine,
+            self.store,
+            path,
+            origin=origin.kind,
+            calling_ae=origin.calling_ae,
+            peer=origin.peer,
+            sop_uid=sop_uid,
+            sop_class=sop_class,
+            reason=reason,
+        )
+        log.warning("DICOM object from %s cut off mid-transfer (%s)", origin.calling_ae, entry)
+        return entry
+
     def retry(self, qid: str) -> Outcome | None:
         """File a quarantined object again (after its sender's device was registered, say);
         None when there is no such entry or nothing left to file."""

@@ -175,10 +175,29 @@ class DicomServer:
         return status
 
     def _on_end(self, event: Any) -> None:
+        self._keep_cut_off(event)
         with self._lock:
             studies = self._touched.pop(id(event.assoc), None)
         if studies:
             self.ingest.refresh_studies(studies, self.origin(event))
+
+    def _keep_cut_off(self, event: Any) -> None:
+        """An object still arriving when the association ended (abort, dropped connection):
+        pynetdicom leaves its partial temporary file behind and says nothing; quarantine it.
+        (Reads pynetdicom's receiving message, whose attributes are not public API.)"""
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is None:
+            return
+        message._data_set_file = None
+        partial.close()
+        command = getattr(message, "command_set", None)
+        self.ingest.cut_off(
+            Path(partial.name),
+            self.origin(event),
+            sop_uid=str(getattr(command, "AffectedSOPInstanceUID", "") or "") or None,
+            sop_class=str(getattr(command, "AffectedSOPClassUID", "") or "") or None,
+        )
 
 
 def _nodelay(event: Any) -> None:

@@ -9,6 +9,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -297,3 +298,73 @@ def test_a_12_lead_ecg_becomes_waveform_measurements_and_report_in_the_record(
     assert len(results) > 5  # the measurements (PR, QRS, QT, QTc, axes...) with the tracing
     [study] = find_one(demo, "ImagingStudy")
     assert report["imagingStudy"] == [{"reference": f"ImagingStudy/{study['id']}"}]
+
+
+def _send_part_of(assoc: Any, path: Path, fragments: int) -> None:
+    """Send the C-STORE request of ``path`` but only its first ``fragments`` P-DATA PDUs."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ds = pydicom.dcmread(path)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = BytesIO(dataset_bytes(path))
+    [context] = [c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID]
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    for n, pdu in enumerate(message.encode_msg(context.context_id, 4096)):
+        if n == fragments:
+            break
+        assoc.dul.send_pdu(pdu)
+
+
+def test_an_object_cut_off_mid_transfer_is_quarantined_and_the_study_so_far_is_filed(
+    scp: DicomServer, demo: Context, tmp_path: Path
+) -> None:
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 3)
+    ds = pydicom.dcmread(files[0])
+    ae = AE(ae_title="XINGFU_CT")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="YILIAN", max_pdu=4096)
+    assert assoc.is_established
+    for path in files[:2]:
+        assert assoc.send_c_store(path).Status == 0x0000
+    _send_part_of(assoc, files[2], fragments=4)  # ~12 KB of ~39 KB
+    time.sleep(0.3)
+    assoc.abort()  # the modality loses power mid-object
+    deadline = time.monotonic() + 10
+    while not quarantine.entries(demo.engine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [entry] = quarantine.entries(demo.engine)
+    assert entry.sop_uid == pydicom.dcmread(files[2]).SOPInstanceUID
+    assert "cut off" in entry.reason
+    kept = demo.dicom.store.path(entry.storage_key).stat().st_size
+    assert 4096 < kept < files[2].stat().st_size
+    # the two objects that arrived whole are filed and their study counted
+    assert len(instances(demo)) == 2
+    while time.monotonic() < deadline:
+        [study] = find_one(demo, "ImagingStudy")
+        if study.get("numberOfInstances") == 2:
+            break
+        time.sleep(0.05)
+    assert study["numberOfInstances"] == 2
+    assert "Success" in storescu(scp.port, files[2])  # the resend is filed; others are served
+    assert len(instances(demo)) == 3
+
+
+def test_an_sop_class_that_is_not_storage_is_refused_at_association(scp: DicomServer) -> None:
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="XINGFU_CT")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="YILIAN")
+    assert not assoc.is_established or not assoc.accepted_contexts
+    rejected = assoc.rejected_contexts
+    if assoc.is_established:
+        assoc.release()
+    assert [str(c.abstract_syntax) for c in rejected] == [str(ModalityWorklistInformationFind)]
