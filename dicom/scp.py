@@ -187,7 +187,7 @@ class DicomServer:
         (Reads pynetdicom's receiving message, whose attributes are not public API.)"""
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         partial = getattr(message, "_data_set_file", None)
-        if partial is None:
+        if message is None or partial is None:
             return
         message._data_set_file = None
         partial.close()
