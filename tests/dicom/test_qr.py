@@ -25,6 +25,7 @@ from dicom.qr import QueryRetrieve
 from dicom.scp import DicomServer, ScpSettings
 from gateway.context import Context
 from records import schema, store
+from tests.dicom.conftest import ir58_file
 from tests.dicom.orthanc import running_orthanc
 from tests.dicom.peers import dcmtk
 from tests.dicom.test_scp import (
@@ -179,6 +180,25 @@ def test_a_gb18030_name_is_found_by_its_ideographic_group_and_answered_exactly(
     assert str(answer.PatientName) == "Wang^XiaoDong=王^小东"
     assert answer.PatientID == "X2EXAMPLE"
     assert answer.NumberOfPatientRelatedStudies == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("chrX1.dcm", "Wang^XiaoDong=王^小東"),  # ISO_IR 192
+        ("ir58", "Wang^XiaoDong=王^小东"),  # ISO 2022 IR 58, which pydicom decodes wrongly
+    ],
+)
+def test_utf8_and_ir58_names_are_answered_exactly(
+    scp: DicomServer, tmp_path: Path, source: str, expected: str
+) -> None:
+    path = ir58_file(tmp_path) if source == "ir58" else CHARSETS / source
+    assert "Success" in storescu(scp.port, path)
+    answers, output = findscu(
+        scp.port, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=Wang*", "StudyInstanceUID",
+    )  # fmt: skip
+    assert [str(a.PatientName) for a in answers] == [expected], output
+    assert "\x1b" not in repr(answers[0].PatientName)
 
 
 def test_series_and_images_of_a_study_found_by_modality_and_uid(
