@@ -256,8 +256,13 @@ def retrieve_frames(
     return Response(body, media_type=web.multipart_type(part_type, boundary))
 
 
+def _picture_type(request: Request) -> str:
+    accepted = _accepted(request.headers.get("accept"), "image/jpeg", offer=list(IMAGE_TYPES))
+    return accepted[0].media_type
+
+
 def _rendered(
-    request: Request,
+    media: str,
     archive: Archive,
     who: Principal,
     study: str,
@@ -268,8 +273,6 @@ def _rendered(
     viewport: str | None,
     quality: int,
 ) -> Response:
-    accepted = _accepted(request.headers.get("accept"), "image/jpeg", offer=list(IMAGE_TYPES))
-    media = accepted[0].media_type
     row = archive.instances(who, "dicom-render", study=study, series=series, sop=sop)[0]
     ds = archive.dataset(row)
     try:
@@ -328,7 +331,8 @@ def rendered_instance(
     viewport: str | None = None,
     quality: Annotated[int, Query(ge=1, le=100)] = 90,
 ) -> Response:
-    return _rendered(request, archive, who, study, series, sop, 1, window, viewport, quality)
+    media = _picture_type(request)
+    return _rendered(media, archive, who, study, series, sop, 1, window, viewport, quality)
 
 
 @router.get(
@@ -349,7 +353,8 @@ def rendered_frame(
 ) -> Response:
     if frame < 1:
         raise Invalid("frames are numbered from 1")
-    return _rendered(request, archive, who, study, series, sop, frame, window, viewport, quality)
+    media = _picture_type(request)
+    return _rendered(media, archive, who, study, series, sop, frame, window, viewport, quality)
 
 
 # -- WADO-URI ----------------------------------------------------------------------------------
@@ -395,11 +400,8 @@ def wado_uri(
     if windowCenter is not None and windowWidth is not None:
         window = f"{windowCenter},{windowWidth}"
     viewport = f"{columns or rows},{rows or columns}" if (rows or columns) else None
-    request.scope["headers"] = [(k, v) for k, v in request.scope["headers"] if k != b"accept"] + [
-        (b"accept", media.encode())
-    ]
     return _rendered(
-        request,
+        media,
         archive,
         who,
         studyUID,
