@@ -17,6 +17,7 @@ from pydicom import Dataset, dcmread
 from sqlalchemy import ColumnElement
 
 from dicom import charsets, query
+from dicom.index import Headers
 from dicom.query import Match, Query
 from dicom.storage import ObjectStore
 from records import db
@@ -31,6 +32,7 @@ class Archive:
     def __init__(self, records: RecordService, store: ObjectStore) -> None:
         self.records = records
         self.store = store
+        self.headers = Headers(records.engine, store)
 
     def visible(self, who: Principal, action: Action = Action.SEARCH) -> ColumnElement[bool] | None:
         """The instances ``who`` may see (raises Forbidden when they may see none by rule)."""
@@ -39,7 +41,7 @@ class Archive:
     def search(self, who: Principal, q: Query) -> list[Match]:
         visible = self.visible(who)
         with db.reader(self.records.engine).connect() as conn:
-            found = query.search(conn, q, visible)
+            found = query.search(conn, q, visible, self.headers)
         touched = [(_what(m), m.patient) for m in found]
         event = _event("dicom-search", touched) if touched else Event("dicom-search")
         self.records.audit(who, event)
@@ -67,8 +69,8 @@ class Archive:
 
     def metadata(self, who: Principal, **named: str | None) -> list[dict[str, Any]]:
         rows = self.instances(who, "dicom-metadata", **named)
-        with db.reader(self.records.engine).connect() as conn:
-            return [query.header(conn, r.sop_uid) or {} for r in rows]
+        found = self.headers([r.sop_uid for r in rows])
+        return [found.get(r.sop_uid, {}) for r in rows]
 
     def path(self, row: Any) -> Path:
         return self.store.path(row.storage_key)

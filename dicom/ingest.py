@@ -162,9 +162,9 @@ class DicomIngest:
 
         def work(conn: Connection) -> Outcome:
             db.lock_keys(conn, [f"dicom-study:{study_uid}"])
-            earlier = index.get(conn, sop_uid)
+            earlier = index.digest_of(conn, sop_uid)
             if earlier is not None:
-                if earlier.digest == digest:
+                if earlier == digest:
                     return Outcome(
                         REPEAT, sop_uid, study_uid, series_uid=series_uid, sop_class=sop_class
                     )
@@ -219,7 +219,7 @@ class DicomIngest:
                 self.store.put_file(key, path)
             else:
                 path.unlink(missing_ok=True)
-        log.info("DICOM %s from %s (%d bytes)", outcome.result, origin.calling_ae, size)
+        log.debug("DICOM %s from %s (%d bytes)", outcome.result, origin.calling_ae, size)
         return outcome
 
     # -- the record ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import ColumnElement
 
 from dicom import query
+from dicom.index import Headers
 from dicom.ingest import AE_SYSTEM, DicomIngest
 from dicom.query import ATTRIBUTES, LEVELS, Match, Query, QueryError
 from records import db
@@ -123,6 +124,7 @@ class QueryRetrieve:
     def __init__(self, ingest: DicomIngest) -> None:
         self.ingest = ingest
         self.records = ingest.records
+        self.headers = Headers(ingest.records.engine, ingest.store)
 
     def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         return [
@@ -228,7 +230,7 @@ class QueryRetrieve:
         visible = self._visible(who, "dicom-find")
         try:
             with db.reader(self.records.engine).connect() as conn:
-                found = query.search(conn, q, visible)
+                found = query.search(conn, q, visible, self.headers)
         except QueryError as exc:
             raise Problem(CANNOT_PROCESS, str(exc)) from None
         found = [m for m in found if _header_matches(m, in_header)]

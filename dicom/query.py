@@ -14,8 +14,7 @@ access policy as the FHIR API; an instance outside it does not exist for the cal
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,10 +253,17 @@ class Match:
     patient: str | None = None  # the FHIR Patient id (for the audit record)
 
 
+HeaderSource = Callable[[list[str]], dict[str, dict[str, Any]]]  # sop uids -> DICOM JSON
+
+
 def search(
-    conn: Connection, query: Query, visible: ColumnElement[bool] | None = None
+    conn: Connection,
+    query: Query,
+    visible: ColumnElement[bool] | None = None,
+    headers: HeaderSource | None = None,
 ) -> list[Match]:
-    """The matches of ``query`` in a stable order, ``offset`` and ``limit`` applied."""
+    """The matches of ``query`` in a stable order, ``offset`` and ``limit`` applied; elements
+    the index does not hold come from ``headers`` (``dicom.index.Headers``)."""
     level = query.level
     group = GROUP[level]
     order = {
@@ -280,7 +286,7 @@ def search(
         return []
     wanted = _wanted(query)
     levels = LEVELS[: LEVELS.index(level) + 1]
-    return _describe(conn, level, keys, wanted, levels, query.everything, visible)
+    return _describe(conn, level, keys, wanted, levels, query.everything, visible, headers)
 
 
 def _wanted(query: Query) -> list[str]:
@@ -314,6 +320,7 @@ def _describe(
     levels: Sequence[str],
     everything: bool,
     visible: ColumnElement[bool] | None,
+    header_source: HeaderSource | None,
 ) -> list[Match]:
     group = GROUP[level]
     plain = [
@@ -338,7 +345,7 @@ def _describe(
     stmt = select(*group, *columns, *counts).where(*where).group_by(*group)
     rows = {tuple(r[: len(group)]): r for r in conn.execute(stmt)}
     modalities = _modalities(conn, keys, where) if level == "STUDY" else {}
-    headers = _headers(conn, rows, wanted, everything and level == "IMAGE")
+    headers = _headers(header_source, rows, wanted, everything and level == "IMAGE")
     out = []
     for key in keys:
         r = rows.get(key)
@@ -391,24 +398,22 @@ def _modalities(
 
 
 def _headers(
-    conn: Connection, rows: dict[tuple[Any, ...], Any], wanted: list[str], everything: bool
+    source: HeaderSource | None,
+    rows: dict[tuple[Any, ...], Any],
+    wanted: list[str],
+    everything: bool,
 ) -> dict[str, dict[str, Any]]:
     """Elements asked for that the index does not hold, from a representative instance's
     stored header (every element of it for ``everything``)."""
     extra = [w for w in wanted if w not in ATTRIBUTES]
-    if not extra and not everything:
+    if source is None or (not extra and not everything):
         return {}
     tags = {tag_of(w) for w in extra}
-    representatives = [r.representative for r in rows.values()]
-    out: dict[str, dict[str, Any]] = {}
-    for sop_uid, header in conn.execute(
-        select(c.sop_uid, c.header).where(c.sop_uid.in_(representatives))
-    ):
-        elements = json.loads(header)
-        out[sop_uid] = {
-            tag: element for tag, element in elements.items() if everything or tag in tags
-        }
-    return out
+    found = source([r.representative for r in rows.values()])
+    return {
+        sop_uid: {tag: element for tag, element in elements.items() if everything or tag in tags}
+        for sop_uid, elements in found.items()
+    }
 
 
 def tag_of(keyword_or_tag: str) -> str:
@@ -462,8 +467,3 @@ def instances(
         stmt = stmt.where(visible)
     stmt = stmt.order_by(c.study_uid, c.series_number, c.series_uid, c.instance_number, c.sop_uid)
     return list(conn.execute(stmt))
-
-
-def header(conn: Connection, sop_uid: str) -> dict[str, Any] | None:
-    found = conn.execute(select(c.header).where(c.sop_uid == sop_uid)).scalar()
-    return json.loads(found) if found else None

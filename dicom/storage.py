@@ -47,10 +47,10 @@ class FileStore:
         self._scratch.mkdir(exist_ok=True)
 
     def path(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if self.root.resolve() not in target.parents:
+        relative = Path(key)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise ValueError(f"object key outside the store: {key!r}")
-        return target
+        return self.root / relative
 
     def scratch(self) -> Path:
         return self._scratch

@@ -243,7 +243,8 @@ dicom_instance = Table(
     Column("storage_key", String(255), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("digest", String(64), nullable=False),  # SHA-256 of the stored bytes
-    Column("header", Text, nullable=False),
+    # the header as DICOM JSON without bulk data, made when first asked for (dicom.index.Headers)
+    Column("header", Text, nullable=True),
     Column("received", DateTime(timezone=True), nullable=False),
 )
 Index("ix_dicom_study", dicom_instance.c.study_uid, dicom_instance.c.series_uid)

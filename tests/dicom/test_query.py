@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select
 
 from dicom import query
+from dicom.index import Headers
 from dicom.query import Query, QueryError
 from gateway.context import Context
+from records import db
+from records.schema import dicom_instance
 from security.access import PatientSet, Scope
 from tests.dicom.conftest import IR58_STUDY
+
+c = dicom_instance.c
 
 
 def find(ctx: Context, level: str, visible=None, **keys):  # type: ignore[no-untyped-def]
     options = {k: keys.pop(k) for k in ("fuzzy", "limit", "offset", "wanted") if k in keys}
-    with ctx.engine.connect() as conn:
-        return query.search(conn, Query(level, keys, **options), visible)
+    with db.reader(ctx.engine).connect() as conn:
+        return query.search(
+            conn, Query(level, keys, **options), visible, Headers(ctx.engine, ctx.dicom.store)
+        )
 
 
 def studies(ctx: Context, **keys: str) -> set[str]:
@@ -84,6 +94,19 @@ def test_series_and_instances_of_a_study(filed: Context) -> None:
     assert [m.values["InstanceNumber"] for m in images] == [1, 2, 3]
     assert images[0].elements["00280010"] == {"vr": "US", "Value": [128]}
     assert images[0].elements["00280011"]["Value"] == [128]
+
+
+def test_a_header_is_made_from_the_object_when_first_asked_for_and_kept(filed: Context) -> None:
+    with filed.engine.connect() as conn:
+        rows = query.instances(conn, patient_id="642341")
+        assert conn.execute(select(c.header).where(c.sop_uid == rows[0].sop_uid)).scalar() is None
+    headers = Headers(filed.engine, filed.dicom.store)
+    [made] = headers([rows[0].sop_uid]).values()
+    assert made["00100020"] == {"vr": "LO", "Value": ["642341"]}
+    assert "54001010" not in made  # the waveform data is bulk: not in the header
+    with filed.engine.connect() as conn:
+        kept = conn.execute(select(c.header).where(c.sop_uid == rows[0].sop_uid)).scalar()
+    assert json.loads(kept) == made
 
 
 def test_patients_are_grouped_by_id_and_issuer(filed: Context) -> None:
