@@ -9,6 +9,7 @@ studies by their UID (``urn:oid:...``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from dicom.query import Match, Query
 from dicom.storage import ObjectStore
 from records import db
 from records.audit_log import Event
-from records.errors import NotFound
+from records.errors import FhirError, NotFound, StorageFault
 from records.service import RecordService
 from security.access import Action
 from security.principal import Principal
+
+log = logging.getLogger(__name__)
 
 
 class Archive:
@@ -34,16 +37,22 @@ class Archive:
         self.store = store
         self.headers = Headers(records.engine, store)
 
-    def visible(self, who: Principal, action: Action = Action.SEARCH) -> ColumnElement[bool] | None:
-        """The instances ``who`` may see (raises Forbidden when they may see none by rule)."""
-        return query.visible_clause(self.records.scope(who, "ImagingStudy", action))
+    def visible(
+        self, who: Principal, action: str, access: Action = Action.SEARCH
+    ) -> ColumnElement[bool] | None:
+        """The instances ``who`` may see; a refusal by the policy is audited and raised."""
+        try:
+            return query.visible_clause(self.records.scope(who, "ImagingStudy", access))
+        except FhirError as refused:
+            self.records.audit(who, Event(action, outcome="refused", detail=refused.diagnostics))
+            raise
 
     def search(self, who: Principal, q: Query) -> list[Match]:
-        visible = self.visible(who)
+        visible = self.visible(who, "dicom-search")
         with db.reader(self.records.engine).connect() as conn:
             found = query.search(conn, q, visible, self.headers)
         touched = [(_what(m), m.patient) for m in found]
-        event = _event("dicom-search", touched) if touched else Event("dicom-search")
+        event = Event.touching("dicom-search", touched) if touched else Event("dicom-search")
         self.records.audit(who, event)
         return found
 
@@ -56,20 +65,36 @@ class Archive:
         series: str | None = None,
         sop: str | None = None,
     ) -> list[Any]:
-        """The index rows of the instances named, visible to ``who`` (NotFound if none)."""
-        visible = self.visible(who, Action.READ)
+        """The index rows of the instances named, visible to ``who``: NotFound (audited) if
+        none; a StorageFault if the object of one is missing from the store. The caller audits
+        what it then sends with ``record``."""
+        visible = self.visible(who, action, Action.READ)
         with db.reader(self.records.engine).connect() as conn:
             rows = query.instances(conn, study=study, series=series, sop=sop, visible=visible)
         if not rows:
             named = sop or series or study
-            raise NotFound(f"no instance of {named} is known")
-        studies = {r.study_uid: r.patient_ref for r in rows}
-        self.records.audit(who, _event(action, [(f"urn:oid:{s}", p) for s, p in studies.items()]))
+            missing = NotFound(f"no instance of {named} is known")
+            self.records.audit(who, Event(action, outcome="refused", detail=missing.diagnostics))
+            raise missing
+        lost = [r.sop_uid for r in rows if not self.store.exists(r.storage_key)]
+        if lost:
+            log.error("%d indexed objects are missing from the object store", len(lost))
+            raise StorageFault(
+                f"the stored object of {len(lost)} instance(s) is missing; the operator's log "
+                "says more"
+            )
         return rows
+
+    def record(self, who: Principal, action: str, rows: list[Any]) -> None:
+        """The audit record of instances sent to ``who``: one per patient, naming the studies."""
+        studies = {r.study_uid: r.patient_ref for r in rows}
+        touched = [(f"urn:oid:{s}", p) for s, p in studies.items()]
+        self.records.audit(who, Event.touching(action, touched))
 
     def metadata(self, who: Principal, **named: str | None) -> list[dict[str, Any]]:
         rows = self.instances(who, "dicom-metadata", **named)
         found = self.headers([r.sop_uid for r in rows])
+        self.record(who, "dicom-metadata", rows)
         return [found.get(r.sop_uid, {}) for r in rows]
 
     def path(self, row: Any) -> Path:
@@ -87,7 +112,3 @@ class Archive:
 def _what(match: Match) -> str:
     study = match.values.get("StudyInstanceUID")
     return f"urn:oid:{study}" if study else f"Patient/{match.patient}"
-
-
-def _event(action: str, touched: list[tuple[str, str | None]]) -> Event:
-    return Event.touching(action, touched)

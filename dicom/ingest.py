@@ -42,12 +42,26 @@ log = logging.getLogger(__name__)
 AE_SYSTEM = "urn:yilian:dicom-ae"  # Device.identifier: the AE title a device calls with
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SEX = {"M": "male", "F": "female", "O": "other"}
+RETIRED = ("inactive", "entered-in-error")  # Device.status of a device that may not call
 
 # outcomes, mapped by each caller to its own answer (DIMSE status, HTTP status)
 STORED = "stored"
 REPEAT = "repeat"
 REFUSED = "refused"  # the object is wrong: quarantined, the sender should not retry as is
 FAILED = "failed"  # our fault (database, disk): quarantined, the sender may retry
+
+
+# the one table from outcomes to DIMSE statuses (PS3.4 GG.4-1 and B.2.3): the C-STORE status,
+# and STOW-RS's Failure Reason
+STATUS = {
+    STORED: 0x0000,
+    REPEAT: 0x0000,
+    ("refused", "unreadable"): 0xC000,  # cannot understand
+    ("refused", "missing"): 0xA900,  # data set does not match SOP class
+    ("refused", "mismatch"): 0xA900,
+    ("refused", "conflict"): 0xC001,  # failure: same SOP Instance UID, other content
+    FAILED: 0xA700,  # out of resources: our fault, the sender may retry
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,14 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.result in (STORED, REPEAT)
+
+    @property
+    def status(self) -> int:
+        """The DIMSE status of this outcome (``STATUS``)."""
+        key: Any = self.result
+        if self.result == REFUSED:
+            key = ("refused", self.problem or "unreadable")
+        return STATUS.get(key, 0xC000)
 
 
 class Refusal(Exception):
@@ -102,8 +124,8 @@ class DicomIngest:
 
     def organization_of_ae(self, ae_title: str) -> str | None:
         """The Organization owning the registered Device that calls with ``ae_title`` (None:
-        unknown caller). Remembered for a minute, so a device registered or retired is seen
-        without a restart."""
+        unknown caller, or a device retired: status inactive or entered-in-error). Remembered
+        for a minute, so a device registered or retired is seen without a restart."""
         cached = self._devices.get(ae_title)
         if cached and time.monotonic() - cached[0] < 60:
             return cached[1]
@@ -111,11 +133,15 @@ class DicomIngest:
             found = self.records.find_by_identifiers(conn, [("Device", AE_SYSTEM, ae_title)])
         device = found.get(("Device", AE_SYSTEM, ae_title))
         owner = None
-        if device is not None:
+        if device is not None and device.json().get("status") not in RETIRED:
             ref = device.json().get("owner", {}).get("reference", "")
             owner = ref.split("/", 1)[1] if ref.startswith("Organization/") else None
         self._devices[ae_title] = (time.monotonic(), owner)
         return owner
+
+    def forget_devices(self) -> None:
+        """Look every calling AE title up again (after Devices changed)."""
+        self._devices.clear()
 
     def known_ae_titles(self) -> list[str]:
         """Every AE title a registered Device calls with."""

@@ -79,6 +79,7 @@ NOT_AUTHORISED = "not authorised"  # the policy refuses the caller: 0x0124 Refus
 NOT_THE_MODEL = "not the model"  # no or wrong level, no unique key to retrieve
 CANNOT_PROCESS = "cannot process"  # a matching value we cannot read (bad range, not a number)
 OUR_FAULT = "our fault"  # database, disk: the caller may try again
+MAX_MATCHES = 1000  # C-FIND answers at most this many (as Orthanc's LimitFindResults)
 STATUS = {
     NOT_AUTHORISED: {"find": 0x0124, "get": 0x0124, "move": 0x0124},
     NOT_THE_MODEL: {"find": 0xA900, "get": 0xA900, "move": 0xA900},
@@ -224,7 +225,7 @@ class QueryRetrieve:
         if level != "PATIENT":
             wanted.append("StudyInstanceUID")  # to name the studies in the audit record
         try:
-            q = Query(level, keys, wanted)
+            q = Query(level, keys, wanted, limit=MAX_MATCHES)
         except QueryError as exc:
             raise Problem(CANNOT_PROCESS, str(exc)) from None
         visible = self._visible(who, "dicom-find")

@@ -119,7 +119,7 @@ DEFAULTS = {
 }
 # the unique key of each level and what identifies its groups in the index
 GROUP = {
-    "PATIENT": (c.dicom_patient_id, c.issuer),
+    "PATIENT": (c.patient_ref,),  # the resident: one PatientID may be two people at two clinics
     "STUDY": (c.study_uid,),
     "SERIES": (c.study_uid, c.series_uid),
     "IMAGE": (c.sop_uid,),
@@ -173,7 +173,7 @@ def _text_match(column: Any, value: str) -> ColumnElement[bool]:
 
 
 def _name_match(column: Any, value: str, fuzzy: bool) -> ColumnElement[bool]:
-    if fuzzy:
+    if fuzzy and column is c.patient_name:  # the folded key is the patient's name only
         key = charsets.name_key(value.replace("*", "").replace("?", ""))
         return c.name_key.like(f"%{_like(key)}%", escape="\\")
     pattern = _like(value.lower())
@@ -267,10 +267,10 @@ def search(
     level = query.level
     group = GROUP[level]
     order = {
-        "PATIENT": [func.max(c.name_key), c.dicom_patient_id, c.issuer],
+        "PATIENT": [func.max(c.name_key).nulls_last(), c.patient_ref],
         "STUDY": [func.max(func.coalesce(c.study_date, "")).desc(), c.study_uid],
-        "SERIES": [func.min(c.series_number), c.series_uid],
-        "IMAGE": [func.min(c.instance_number), c.sop_uid],
+        "SERIES": [func.min(c.series_number).nulls_last(), c.series_uid],
+        "IMAGE": [func.min(c.instance_number).nulls_last(), c.sop_uid],
     }[level]
     found: Select[Any] = (
         select(*group)
@@ -298,18 +298,10 @@ def _wanted(query: Query) -> list[str]:
 
 
 def _in_groups(level: str, keys: list[tuple[Any, ...]]) -> ColumnElement[bool]:
-    if level == "PATIENT":
-        return or_(
-            *(and_(_eq(c.dicom_patient_id, pid), _eq(c.issuer, issuer)) for pid, issuer in keys)
-        )
     if level == "SERIES":
         return c.series_uid.in_([k[1] for k in keys])
     column = GROUP[level][0]
     return column.in_([k[0] for k in keys])  # type: ignore[no-any-return]
-
-
-def _eq(column: Any, value: Any) -> ColumnElement[bool]:
-    return column.is_(None) if value is None else column == value  # type: ignore[no-any-return]
 
 
 def _describe(
@@ -465,5 +457,11 @@ def instances(
         stmt = stmt.where(c.dicom_patient_id == patient_id)
     if visible is not None:
         stmt = stmt.where(visible)
-    stmt = stmt.order_by(c.study_uid, c.series_number, c.series_uid, c.instance_number, c.sop_uid)
+    stmt = stmt.order_by(
+        c.study_uid,
+        c.series_number.nulls_last(),
+        c.series_uid,
+        c.instance_number.nulls_last(),
+        c.sop_uid,
+    )
     return list(conn.execute(stmt))

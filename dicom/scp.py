@@ -2,8 +2,8 @@
 common transfer syntax, optional TLS, calling AE titles allowed per registered Device.
 
 A listener only: it receives the object (streamed to a file as it arrives, never decoded and
-encoded again), hands it to ``DicomIngest.file`` and maps the outcome to a DIMSE status through
-``STATUS`` below. The success status goes out only after the object and its index row are
+encoded again), hands it to ``DicomIngest.file`` and answers with the outcome's DIMSE status
+(``ingest.STATUS``). The success status goes out only after the object and its index row are
 durable. When an association ends, the ImagingStudy of each study it touched is brought up to
 date once (counts and instances), not after every instance.
 """
@@ -24,7 +24,6 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom import ingest
 from dicom.ingest import DicomIngest, Origin
 
 log = logging.getLogger(__name__)
@@ -32,25 +31,7 @@ log = logging.getLogger(__name__)
 # received datasets go to a file as they arrive: a 1 GB instance never sits in memory
 _config.STORE_RECV_CHUNKED_DATASET = True
 
-# the one table from ingest outcomes to C-STORE statuses (PS3.4 GG.4-1 and B.2.3)
-STATUS = {
-    ingest.STORED: 0x0000,
-    ingest.REPEAT: 0x0000,
-    ("refused", "unreadable"): 0xC000,  # cannot understand
-    ("refused", "missing"): 0xA900,  # data set does not match SOP class
-    ("refused", "mismatch"): 0xA900,
-    ("refused", "conflict"): 0xC001,  # failure: same SOP Instance UID, other content
-    ingest.FAILED: 0xA700,  # out of resources: our fault, the sender may retry
-}
 NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
-
-
-def status_of(outcome: ingest.Outcome) -> int:
-    """The DIMSE status of an ingest outcome (also STOW-RS's Failure Reason)."""
-    key: Any = outcome.result
-    if outcome.result == ingest.REFUSED:
-        key = ("refused", outcome.problem or "unreadable")
-    return STATUS.get(key, 0xC000)
 
 
 @dataclass
@@ -169,7 +150,7 @@ class DicomServer:
             with self._lock:
                 self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
         status = Dataset()
-        status.Status = status_of(outcome)
+        status.Status = outcome.status
         if outcome.reason:
             status.ErrorComment = outcome.reason[:64]
         return status

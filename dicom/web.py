@@ -31,6 +31,7 @@ from dicom.query import Match, Query, QueryError
 
 CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"  # retired; pydicom does not convert it to little endian
 CHUNK = 1024 * 1024
 # the media type of a compressed frame, by transfer syntax (PS3.18 Table 8.7.3-2)
 FRAME_TYPES = {
@@ -145,11 +146,19 @@ def retrieve_url(base: str, level: str, values: dict[str, Any]) -> str | None:
 # -- Accept --------------------------------------------------------------------------------------
 
 
+ANY = "*"  # transfer-syntax=*: as stored
+
+
 @dataclass(frozen=True)
 class Accepted:
     media_type: str  # of the parts (multipart) or of the whole body
-    transfer_syntax: str | None  # None: any ('*' or not said)
+    transfer_syntax: str | None  # None: not said (PS3.18 8.7.3.5.2: Explicit VR Little Endian)
     multipart: bool
+
+    @property
+    def syntax(self) -> str:
+        """The transfer syntax asked for: a UID, or ``ANY``."""
+        return self.transfer_syntax or EXPLICIT_LE
 
 
 def accepted(header: str | None, default: str, *, offer: Iterable[str]) -> list[Accepted]:
@@ -162,7 +171,6 @@ def accepted(header: str | None, default: str, *, offer: Iterable[str]) -> list[
         media_type = media.decode().lower()
         opts = {k.decode().lower(): v.decode() for k, v in options.items()}
         syntax = opts.get("transfer-syntax")
-        syntax = None if syntax in (None, "*") else syntax
         if media_type == "multipart/related":
             part = opts.get("type", default).lower()
             if part in ("*/*", "*"):
@@ -283,12 +291,13 @@ class PartReader:
 
 
 def frame_numbers(text: str, available: int) -> list[int]:
-    """``1,3`` -> [1, 3] (1-based, as in the URL); each must exist."""
-    numbers = []
+    """``1,3`` -> [1, 3] (1-based, as in the URL); each must exist, each is sent once."""
+    numbers: list[int] = []
     for item in text.split(","):
         if not item.strip().isdigit() or not 1 <= int(item) <= available:
             raise QueryError(f"frame {item.strip()!r} does not exist; the instance has {available}")
-        numbers.append(int(item))
+        if int(item) not in numbers:
+            numbers.append(int(item))
     return numbers
 
 

@@ -68,6 +68,12 @@ class UnsupportedMediaType(FhirError):
     status, code = 415, "not-supported"
 
 
+class StorageFault(FhirError):
+    """Ours: what the index promises is not in storage (the operator must look)."""
+
+    status, code = 500, "exception"
+
+
 def operation_outcome(
     code: str,
     diagnostics: str,

@@ -76,6 +76,7 @@ def reset(ctx: Context) -> None:
         for table in reversed(schema.metadata.sorted_tables):
             conn.execute(delete(table))
         conn.execute(insert(schema.audit_head).values(id=1, seq=0, hash="0" * 64))
+    ctx.dicom.forget_devices()
 
 
 @pytest.fixture

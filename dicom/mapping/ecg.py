@@ -179,11 +179,11 @@ def ecg_resources(
 
 
 def tracing_attachment(ds: Dataset) -> dict[str, Any]:
-    """The printed 12-lead tracing, as the gateway's DICOMweb renders it (a URL relative to the
-    gateway's base, so it holds behind any proxy)."""
+    """The printed 12-lead tracing, as the gateway's DICOMweb renders it (a path on the
+    gateway's host, so it holds whatever name the gateway is reached by)."""
     path = (
-        f"dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}/rendered"
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/rendered?accept=image/png"
     )
     return {"contentType": "image/png", "url": path, "title": "12-lead ECG tracing"}
 

@@ -22,7 +22,6 @@ from dicom.archive import Archive
 from dicom.ingest import Origin
 from dicom.mapping.ecg import is_ecg
 from dicom.query import QueryError
-from dicom.scp import status_of
 from gateway.deps import ContextDep, PrincipalDep
 from records.errors import Invalid, NotAcceptable, UnsupportedMediaType
 from security.access import Action
@@ -129,6 +128,7 @@ def _instances(
     accepted = _accepted(request.headers.get("accept"), DICOM, offer=[DICOM])
     rows = archive.instances(who, "dicom-retrieve", **named)
     plans = [(row, _syntax_for(row.transfer_syntax, accepted)) for row in rows]
+    archive.record(who, "dicom-retrieve", rows)
     boundary = web.new_boundary()
 
     def parts() -> Iterator[web.Part]:
@@ -158,13 +158,14 @@ def _accepted(header: str | None, default: str, *, offer: list[str]) -> list[web
 
 
 def _syntax_for(stored: str, accepted: list[web.Accepted]) -> str | None:
-    """None: send as stored; else the transfer syntax to transcode to."""
+    """None: send as stored; else the transfer syntax to transcode to (only Explicit VR Little
+    Endian, the default when the client names none; ``*`` takes what is stored)."""
     for form in accepted:
-        if form.transfer_syntax in (None, stored):
+        if form.syntax in (web.ANY, stored):
             return None
-        if form.transfer_syntax == web.EXPLICIT_LE:
+        if form.syntax == web.EXPLICIT_LE and stored != web.EXPLICIT_BE:
             return web.EXPLICIT_LE
-    wanted = ", ".join(sorted({f.transfer_syntax or "*" for f in accepted}))
+    wanted = ", ".join(sorted({f.syntax for f in accepted}))
     raise NotAcceptable(
         f"the instance is stored as {stored}; it can be sent as that or as {web.EXPLICIT_LE}, "
         f"not {wanted}"
@@ -245,7 +246,15 @@ def retrieve_frames(
         numbers = web.frame_numbers(frames, web.frame_count(ds))
     except QueryError as exc:
         raise Invalid(str(exc)) from None
-    media = accepted[0].media_type
+    stored_type = web.FRAME_TYPES.get(row.transfer_syntax)
+    usable = [f.media_type for f in accepted if f.media_type in (offer[0], stored_type)]
+    if not usable:
+        raise NotAcceptable(
+            f"the frames of {sop} can be sent as application/octet-stream"
+            + (f" or {stored_type}" if stored_type else "")
+        )
+    media = usable[0]
+    archive.record(who, "dicom-retrieve", [row])
     boundary = web.new_boundary()
     parts = []
     for n in numbers:
@@ -257,7 +266,10 @@ def retrieve_frames(
 
 
 def _picture_type(request: Request) -> str:
-    accepted = _accepted(request.headers.get("accept"), "image/jpeg", offer=list(IMAGE_TYPES))
+    """From the Accept header, or the ``accept`` query parameter (PS3.18 8.3.3.1) that a link
+    can carry."""
+    wanted = request.query_params.get("accept") or request.headers.get("accept")
+    accepted = _accepted(wanted, "image/jpeg", offer=list(IMAGE_TYPES))
     return accepted[0].media_type
 
 
@@ -289,6 +301,7 @@ def _rendered(
             )
     except (ValueError, IndexError) as exc:
         raise Invalid(f"cannot render {sop}: {exc}") from None
+    archive.record(who, "dicom-render", [row])
     return Response(image, media_type=media)
 
 
@@ -385,13 +398,13 @@ def wado_uri(
         row = archive.instances(
             who, "dicom-retrieve", study=studyUID, series=seriesUID, sop=objectUID
         )[0]
-        syntax = None if transferSyntax in (None, row.transfer_syntax) else transferSyntax
+        # PS3.18 9.1.2.5.2: Explicit VR Little Endian unless the client names another ('*': any)
+        form = web.Accepted(DICOM, transferSyntax, False)
+        syntax = _syntax_for(row.transfer_syntax, [form])
+        archive.record(who, "dicom-retrieve", [row])
         if syntax is None:
-            return StreamingResponse(iter(archive.chunks(row)), media_type=DICOM)
-        try:
-            return Response(web.transcoded(archive.dataset(row), syntax), media_type=DICOM)
-        except web.NotAcceptable as exc:
-            raise NotAcceptable(str(exc)) from None
+            return StreamingResponse(archive.chunks(row), media_type=DICOM)
+        return Response(web.transcoded(archive.dataset(row), syntax), media_type=DICOM)
     if media not in IMAGE_TYPES:
         raise NotAcceptable(
             f"contentType {media} is not offered: application/dicom, image/jpeg, image/png"
@@ -436,7 +449,11 @@ async def _stow(request: Request, ctx: ContextDep, who: Principal, study: str | 
     if not parts:
         raise Invalid("the body holds no part; send one application/dicom part per instance")
     origin = Origin("stow", None, who.source, who.organization, user=who.username)
-    stored, failed = await run_in_threadpool(_file_parts, ctx, parts, origin, study)
+    try:
+        stored, failed = await run_in_threadpool(_file_parts, ctx, parts, origin, study)
+    finally:  # filed parts were moved into the store; nothing else stays in scratch
+        for _, path in parts:
+            path.unlink(missing_ok=True)
     body = web.stow_response(_base(request), stored, failed)
     status = 200 if not failed else (202 if stored else 409)
     return _json(body, status)
@@ -462,7 +479,7 @@ def _file_parts(
             "sop_class": outcome.sop_class,
             "study_uid": outcome.study_uid,
             "series_uid": outcome.series_uid,
-            "status": status_of(outcome),
+            "status": outcome.status,
             "reason": outcome.reason,
         }
         (stored if outcome.ok else failed).append(found)

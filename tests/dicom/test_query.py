@@ -180,3 +180,22 @@ def test_a_device_registered_through_the_fhir_api_may_call(client, as_user, demo
     assert demo.dicom.organization_of_ae("XINGFU_US") == "XINGFU-THC"
     refused = client.post("/fhir/Device", json=device, headers=as_user("doctor.xingfu"))
     assert refused.status_code == 403
+
+
+def test_fuzzy_matching_of_another_name_does_not_match_the_patients(filed: Context) -> None:
+    # the patients are Wang XiaoDong; nobody was referred by a Dr Wang
+    found = studies(filed, ReferringPhysicianName="wang", fuzzy=True)  # type: ignore[arg-type]
+    assert found == set()
+
+
+def test_a_retired_device_acts_for_nobody(demo: Context) -> None:
+    from records import store
+
+    with demo.engine.begin() as conn:
+        device = store.current(conn, "Device", "xingfu-ct")
+        assert device is not None
+        body = device.json() | {"status": "inactive"}
+        store.write(conn, "Device", "xingfu-ct", body, "PUT")
+    demo.dicom.forget_devices()
+    assert demo.dicom.organization_of_ae("XINGFU_CT") is None
+    assert demo.dicom.organization_of_ae("XINGFU_ECG") == "XINGFU-THC"
