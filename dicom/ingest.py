@@ -35,6 +35,7 @@ from records.provenance import ingest_provenance
 from records.schema import search_token
 from records.service import RecordService
 from records.store import Stored
+from security.access import Scope
 from security.principal import Principal, Role
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ STATUS = {
     ("refused", "missing"): 0xA900,  # data set does not match SOP class
     ("refused", "mismatch"): 0xA900,
     ("refused", "conflict"): 0xC001,  # failure: same SOP Instance UID, other content
+    ("refused", "forbidden"): 0x0124,  # refused: not authorized (STOW-RS: outside the reach)
     FAILED: 0xA700,  # out of resources: our fault, the sender may retry
 }
 
@@ -71,6 +73,9 @@ class Origin:
     peer: str | None
     organization: str | None  # the sending Organization's FHIR id
     user: str | None = None  # STOW-RS: the user who sent it (for the audit record)
+    # STOW-RS: the sender's reach; an object of a patient outside it is refused (a device
+    # sending by C-STORE files for its clinic, as the clinic's own HIS does)
+    reach: Scope | None = None
 
 
 @dataclass
@@ -200,6 +205,15 @@ class DicomIngest:
                     "conflict",
                 )
             patient, created = self._patient(conn, who, ds, origin)
+            if (
+                origin.reach is not None
+                and not created
+                and not RecordService.visible(conn, "Patient", patient.res_id, origin.reach)
+            ):
+                raise Refusal(
+                    "the object names a patient outside the sender's reach; it was not filed",
+                    "forbidden",
+                )
             row = index.row(
                 ds,
                 transfer_syntax=transfer_syntax,

@@ -431,7 +431,7 @@ def wado_uri(
 
 
 async def _stow(request: Request, ctx: ContextDep, who: Principal, study: str | None) -> Response:
-    ctx.records.scope(who, "ImagingStudy", Action.CREATE)  # refuses who may not store
+    reach = ctx.records.scope(who, "ImagingStudy", Action.CREATE)  # refuses who may not store
     content_type = request.headers.get("content-type", "")
     try:
         reader = web.PartReader(content_type, ctx.dicom.store.scratch())
@@ -448,7 +448,7 @@ async def _stow(request: Request, ctx: ContextDep, who: Principal, study: str | 
         raise
     if not parts:
         raise Invalid("the body holds no part; send one application/dicom part per instance")
-    origin = Origin("stow", None, who.source, who.organization, user=who.username)
+    origin = Origin("stow", None, who.source, who.organization, user=who.username, reach=reach)
     try:
         stored, failed = await run_in_threadpool(_file_parts, ctx, parts, origin, study)
     finally:  # filed parts were moved into the store; nothing else stays in scratch

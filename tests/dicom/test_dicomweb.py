@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gateway.context import Context
 from records import schema
 from tests.dicom.conftest import IR58_STUDY
-from tests.dicom.test_scp import dataset_bytes, sample
+from tests.dicom.test_scp import copy_with_new_uids, dataset_bytes, sample
 
 JSON = {"Accept": "application/dicom+json"}
 DICOM_AS = 'multipart/related; type="application/dicom"; transfer-syntax='
@@ -365,3 +365,40 @@ def test_stow_refuses_who_may_not_store_and_bodies_that_are_not_multipart(
     )
     assert other_study.status_code == 409
     assert value(other_study.json()["00081198"]["Value"][0]["00081197"]) == 0xA900
+
+
+def test_stow_refuses_an_object_of_a_patient_outside_the_senders_reach(
+    demo: Context, client: Any, doctor, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from gateway.demo import resident_id
+    from records import store
+    from records.identity import RESIDENT_ID_SYSTEM
+
+    number = resident_id("110101", "1961-03-07", "123")
+    city_patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": number}],
+        "name": [{"text": "赵六"}],
+        "managingOrganization": {"reference": "Organization/CITY-FIRST"},
+    }
+    with demo.engine.begin() as conn:
+        store.write(conn, "Patient", "city-zhao", city_patient, "PUT")
+    [ct] = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 1, PatientID=number)
+    body, content_type = multipart_request(ct.read_bytes())
+    refused = client.post(
+        "/dicomweb/studies", content=body, headers={**doctor, "Content-Type": content_type}
+    )
+    assert refused.status_code == 409, refused.text
+    [failed] = refused.json()["00081198"]["Value"]
+    assert value(failed["00081197"]) == 0x0124
+    assert "outside" in value(failed["00091001"])
+    with demo.engine.connect() as conn:
+        assert conn.execute(select(schema.dicom_instance.c.sop_uid)).first() is None
+    # the clinic's own resident is filed as usual
+    (tmp_path / "own").mkdir()
+    [own] = copy_with_new_uids(sample("CT_small.dcm"), tmp_path / "own", 1)
+    body, content_type = multipart_request(own.read_bytes())
+    filed = client.post(
+        "/dicomweb/studies", content=body, headers={**doctor, "Content-Type": content_type}
+    )
+    assert filed.status_code == 200, filed.text
