@@ -13,15 +13,24 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    dimse_messages,
+    evt,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom.ingest import DicomIngest, Origin
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # received datasets go to a file as they arrive: a 1 GB instance never sits in memory
 _config.STORE_RECV_CHUNKED_DATASET = True
+RECEIVING = "receiving-"  # name prefix of an object's file while it arrives
 
 NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
 
@@ -101,6 +111,7 @@ class DicomServer:
         return ae
 
     def start(self) -> None:
+        _receive_into(self.ingest.store.scratch())
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _nodelay),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
@@ -179,6 +190,22 @@ class DicomServer:
             sop_uid=str(getattr(command, "AffectedSOPInstanceUID", "") or "") or None,
             sop_class=str(getattr(command, "AffectedSOPClassUID", "") or "") or None,
         )
+
+
+def _receive_into(folder: Path) -> None:
+    """Objects being received go to ``folder`` (the store's scratch, on its file system), not
+    to the system's temporary folder: on a box whose /tmp is in memory a 1 GB instance would
+    sit in RAM, and filing it would be a copy instead of a rename. pynetdicom makes that file
+    with ``NamedTemporaryFile`` and takes no folder, so its module's name is pointed at one
+    that has it. Leftovers of a crash mid-receive (never answered) are removed."""
+    left = [p for p in folder.glob(f"{RECEIVING}*.dcm") if p.is_file()]
+    for path in left:
+        path.unlink(missing_ok=True)
+    if left:
+        log.info("removed %d objects left half-received by a crash", len(left))
+    dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
+        tempfile.NamedTemporaryFile, dir=folder, prefix=RECEIVING
+    )
 
 
 def _nodelay(event: Any) -> None:

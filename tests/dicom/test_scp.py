@@ -161,6 +161,22 @@ def test_the_received_bytes_are_stored_without_decoding_and_encoding_again(
     assert dataset_bytes(demo.dicom.store.path(row.storage_key)) == dataset_bytes(ct)
 
 
+def test_objects_are_received_into_the_stores_scratch_not_the_system_temp(
+    scp: DicomServer, demo: Context, tmp_path: Path
+) -> None:
+    import tempfile
+
+    from pynetdicom import dimse_messages
+
+    with dimse_messages.NamedTemporaryFile() as receiving:
+        assert Path(receiving.name).parent == demo.dicom.store.scratch()
+    before = set(Path(tempfile.gettempdir()).glob("*.dcm"))
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 2)
+    assert "Success" in storescu(scp.port, *files)
+    assert set(Path(tempfile.gettempdir()).glob("*.dcm")) - before == set()
+    assert list(demo.dicom.store.scratch().iterdir()) == []  # filed: moved, not copied
+
+
 def test_a_series_over_one_association_ends_with_the_counts_of_the_index(
     scp: DicomServer, demo: Context, tmp_path: Path
 ) -> None:
