@@ -369,6 +369,11 @@ class DicomIngest:
 
     # -- quarantine ----------------------------------------------------------------------------
 
+    def refuse(self, path: Path, origin: Origin, reason: str) -> Outcome:
+        """Refuse the object at ``path`` unread, because of who sent it: quarantined, the sender
+        told 'not authorized' (0x0124)."""
+        return self._quarantine(path, origin, reason, "forbidden", None)
+
     def cut_off(
         self, path: Path, origin: Origin, *, sop_uid: str | None, sop_class: str | None
     ) -> str:

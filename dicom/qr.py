@@ -42,6 +42,7 @@ from dicom import query
 from dicom.index import Headers
 from dicom.ingest import AE_SYSTEM, DicomIngest
 from dicom.query import ATTRIBUTES, LEVELS, Match, Query, QueryError
+from dicom.scp import caller_organization
 from records import db
 from records.audit_log import Event
 from records.errors import Forbidden
@@ -122,8 +123,13 @@ class QueryRetrieve:
     """The C-FIND, C-GET and C-MOVE handlers of the gateway's Application Entity:
     ``DicomServer(..., extra_handlers=qr.handlers(), configure=qr.configure)``."""
 
-    def __init__(self, ingest: DicomIngest) -> None:
+    def __init__(
+        self,
+        ingest: DicomIngest,
+        organization_of_certificate: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
         self.ingest = ingest
+        self.certificate_owner = organization_of_certificate
         self.records = ingest.records
         self.headers = Headers(ingest.records.engine, ingest.store)
 
@@ -160,7 +166,7 @@ class QueryRetrieve:
         return Principal(
             username=f"dicom:{ae_title}"[:128],
             role=Role.DEVICE,
-            organization=self.ingest.organization_of_ae(ae_title),
+            organization=caller_organization(event, self.ingest, self.certificate_owner),
             source=f"{requestor.address}:{requestor.port}",
         )
 

@@ -73,6 +73,7 @@ class DicomServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         known_ae_titles: Callable[[], list[str]],
+        organization_of_certificate: Callable[[dict[str, Any]], str | None] | None = None,
         extra_handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
         configure: Callable[[AE], None] | None = None,
     ) -> None:
@@ -80,6 +81,7 @@ class DicomServer:
         self.settings = settings
         self.ssl_context = ssl_context
         self._known = known_ae_titles
+        self._certificate_owner = organization_of_certificate
         self._titles: tuple[float, list[str]] = (0.0, [])
         self._extra = extra_handlers or []
         self._configure = configure
@@ -151,12 +153,22 @@ class DicomServer:
         assoc = event.assoc
         calling = str(assoc.requestor.ae_title).strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
-        return Origin("dicom", calling, peer, self.ingest.organization_of_ae(calling))
+        organization = caller_organization(event, self.ingest, self._certificate_owner)
+        return Origin("dicom", calling, peer, organization)
 
     def _on_store(self, event: Any) -> Dataset:
         path = Path(event.dataset_path)
         sop_class = str(event.request.AffectedSOPClassUID)
-        outcome = self.ingest.file(path, self.origin(event), sop_class=sop_class)
+        origin = self.origin(event)
+        if origin.organization is None:  # a device retired, or another clinic's certificate
+            outcome = self.ingest.refuse(
+                path,
+                origin,
+                "the caller acts for no organization: its Device is retired or "
+                "its client certificate is another organization's",
+            )
+        else:
+            outcome = self.ingest.file(path, origin, sop_class=sop_class)
         if outcome.ok and outcome.study_uid:
             with self._lock:
                 self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
@@ -190,6 +202,37 @@ class DicomServer:
             sop_uid=str(getattr(command, "AffectedSOPInstanceUID", "") or "") or None,
             sop_class=str(getattr(command, "AffectedSOPClassUID", "") or "") or None,
         )
+
+
+def peer_certificate(event: Any) -> dict[str, Any] | None:
+    """The client certificate of a TLS association (None without TLS or certificate)."""
+    try:
+        sock = event.assoc.dul.socket.socket
+    except AttributeError:
+        return None
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    certificate: dict[str, Any] | None = sock.getpeercert() or None
+    return certificate
+
+
+def caller_organization(
+    event: Any,
+    ingest: DicomIngest,
+    organization_of_certificate: Callable[[dict[str, Any]], str | None] | None,
+) -> str | None:
+    """The Organization a caller acts for: the owner of the Device its calling AE title names;
+    over TLS with a client certificate, only when the certificate names that same
+    organization (an AE title is a string anyone can send; the certificate is proof)."""
+    calling = str(event.assoc.requestor.ae_title).strip()
+    owner = ingest.organization_of_ae(calling)
+    certificate = peer_certificate(event)
+    if owner is None or certificate is None or organization_of_certificate is None:
+        return owner
+    if organization_of_certificate(certificate) != owner:
+        log.warning("DICOM caller %s: its client certificate is another organization's", calling)
+        return None
+    return owner
 
 
 def _receive_into(folder: Path) -> None:

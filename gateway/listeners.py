@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 import ssl
 
-from adapters.hl7v2.listener import (
-    ListenerSettings,
-    MllpListener,
-    certificate_common_name,
-    server_context,
-)
+from adapters.hl7v2.listener import ListenerSettings, MllpListener
 from dicom.qr import QueryRetrieve
 from dicom.scp import DicomServer, ScpSettings
 from gateway.context import Context
 from records.db import reader
 from records.fhirtypes import ORG_CODE_SYSTEM
+from security.tls import certificate_common_name, server_context
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,7 @@ class Listeners:
             )
             await self.mllp.start()
         if settings.dicom_enabled:
-            qr = QueryRetrieve(self.ctx.dicom)
+            qr = QueryRetrieve(self.ctx.dicom, self._organization_of_certificate)
             self.dicom = DicomServer(
                 self.ctx.dicom,
                 ScpSettings(
@@ -52,6 +48,7 @@ class Listeners:
                 ),
                 ssl_context=self._tls("dicom"),
                 known_ae_titles=self.ctx.dicom.known_ae_titles,
+                organization_of_certificate=self._organization_of_certificate,
                 extra_handlers=qr.handlers(),
                 configure=qr.configure,
             )

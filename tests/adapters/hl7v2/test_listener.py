@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from adapters.hl7v2 import mllp
-from adapters.hl7v2.listener import ListenerSettings, MllpListener, server_context
+from adapters.hl7v2.listener import ListenerSettings, MllpListener
 from records import inbound
 from security.principal import SYSTEM
+from security.tls import server_context
 from tests.adapters.hl7v2.conftest import SAMPLES, oru
 from tests.tls import make_ca
 
@@ -207,7 +208,7 @@ def test_tls_with_client_certificate_names_the_clinic(demo, tmp_path: Path) -> N
     organizations = {"XINGFU_THC": "XINGFU-THC"}
 
     def org_of(cert: dict) -> str | None:  # type: ignore[type-arg]
-        from adapters.hl7v2.listener import certificate_common_name
+        from security.tls import certificate_common_name
 
         return organizations.get(certificate_common_name(cert) or "")
 
