@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
     hl7_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # the largest STOW-RS request body (all its instances); larger ones are answered 413
+    dicom_stow_max_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
     mllp_idle_timeout: float = Field(default=300.0, gt=0)
     mllp_frame_timeout: float = Field(default=30.0, gt=0)
     # Time zone of local times in messages that carry none (China Standard Time).

@@ -68,6 +68,10 @@ class UnsupportedMediaType(FhirError):
     status, code = 415, "not-supported"
 
 
+class TooLarge(FhirError):
+    status, code = 413, "too-costly"
+
+
 class StorageFault(FhirError):
     """Ours: what the index promises is not in storage (the operator must look)."""
 

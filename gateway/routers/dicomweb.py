@@ -23,7 +23,7 @@ from dicom.ingest import Origin
 from dicom.mapping.ecg import is_ecg
 from dicom.query import QueryError
 from gateway.deps import ContextDep, PrincipalDep
-from records.errors import Invalid, NotAcceptable, UnsupportedMediaType
+from records.errors import Invalid, NotAcceptable, TooLarge, UnsupportedMediaType
 from security.access import Action
 from security.principal import Principal
 
@@ -439,8 +439,15 @@ async def _stow(request: Request, ctx: ContextDep, who: Principal, study: str | 
         raise UnsupportedMediaType(
             f'{exc}; send multipart/related; type="application/dicom"'
         ) from None
+    limit, received = ctx.settings.dicom_stow_max_bytes, 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise TooLarge(
+                    f"the request body is larger than {limit} bytes "
+                    "(YILIAN_DICOM_STOW_MAX_BYTES); send the study in several requests"
+                )
             reader.write(chunk)
         parts = reader.finish()
     except Exception:

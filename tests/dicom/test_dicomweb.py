@@ -402,3 +402,17 @@ def test_stow_refuses_an_object_of_a_patient_outside_the_senders_reach(
         "/dicomweb/studies", content=body, headers={**doctor, "Content-Type": content_type}
     )
     assert filed.status_code == 200, filed.text
+
+
+def test_stow_answers_413_above_the_configured_size_and_keeps_nothing(
+    demo: Context, client: Any, doctor, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(demo.settings, "dicom_stow_max_bytes", 1024 * 1024)
+    big = sample("CT_small.dcm").read_bytes()
+    body, content_type = multipart_request(*[big] * 30)  # ~1.2 MB
+    refused = client.post(
+        "/dicomweb/studies", content=body, headers={**doctor, "Content-Type": content_type}
+    )
+    assert refused.status_code == 413
+    assert "YILIAN_DICOM_STOW_MAX_BYTES" in refused.json()["issue"][0]["diagnostics"]
+    assert list(demo.dicom.store.scratch().iterdir()) == []
