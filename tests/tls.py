@@ -32,6 +32,8 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
 
 @dataclass
 class TestCA:
+    __test__ = False  # a helper, not a test class, wherever it is imported
+
     folder: Path
 
     @property
