@@ -376,25 +376,15 @@ class DicomIngest:
 
     def cut_off(
         self, path: Path, origin: Origin, *, sop_uid: str | None, sop_class: str | None
-    ) -> str:
+    ) -> Outcome:
         """Keep what arrived of an object whose transfer ended before its last byte (the
         association aborted or the connection dropped): nothing is filed, the sender never
-        heard success; the operator sees what came and when. The quarantine id."""
+        heard success; the operator sees what came and when."""
         size = path.stat().st_size if path.exists() else 0
         reason = f"transfer cut off: the association ended after {size} bytes of the object"
-        entry = quarantine.put(
-            self.records.engine,
-            self.store,
-            path,
-            origin=origin.kind,
-            calling_ae=origin.calling_ae,
-            peer=origin.peer,
-            sop_uid=sop_uid,
-            sop_class=sop_class,
-            reason=reason,
+        return self._quarantine(
+            path, origin, reason, "cut-off", None, sop_uid=sop_uid, sop_class=sop_class
         )
-        log.warning("DICOM object from %s cut off mid-transfer (%s)", origin.calling_ae, entry)
-        return entry
 
     def retry(self, qid: str) -> Outcome | None:
         """File a quarantined object again (after its sender's device was registered, say);
@@ -431,8 +421,13 @@ class DicomIngest:
         ds: Dataset | None,
         *,
         failed: bool = False,
+        sop_uid: str | None = None,
+        sop_class: str | None = None,
     ) -> Outcome:
-        sop_uid = _text(ds, "SOPInstanceUID")
+        """Quarantine the object at ``path``; its UIDs from ``ds`` when it could be read, else
+        as the caller knows them (a C-STORE request's)."""
+        sop_uid = sop_uid or _text(ds, "SOPInstanceUID")
+        sop_class = sop_class or _text(ds, "SOPClassUID")
         entry = quarantine.put(
             self.records.engine,
             self.store,
@@ -441,7 +436,7 @@ class DicomIngest:
             calling_ae=origin.calling_ae,
             peer=origin.peer,
             sop_uid=sop_uid,
-            sop_class=_text(ds, "SOPClassUID"),
+            sop_class=sop_class,
             reason=reason,
         )
         log.warning("DICOM object from %s quarantined (%s): %s", origin.calling_ae, entry, reason)
@@ -450,7 +445,7 @@ class DicomIngest:
             sop_uid,
             reason=reason,
             problem=problem,
-            sop_class=_text(ds, "SOPClassUID"),
+            sop_class=sop_class,
         )
 
 
