@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
@@ -97,12 +96,9 @@ class Archive:
         self.record(who, "dicom-metadata", rows)
         return [found.get(r.sop_uid, {}) for r in rows]
 
-    def path(self, row: Any) -> Path:
-        return self.store.path(row.storage_key)
-
-    def dataset(self, row: Any, *, pixels: bool = True) -> Dataset:
-        ds = dcmread(self.path(row), stop_before_pixels=not pixels)
-        return charsets.fix_dataset(ds)
+    def dataset(self, row: Any) -> Dataset:
+        """The stored object of an index row, its text decoded right (``charsets``)."""
+        return charsets.fix_dataset(dcmread(self.store.path(row.storage_key)))
 
     def chunks(self, row: Any) -> Iterator[bytes]:
         with self.store.open(row.storage_key) as f:

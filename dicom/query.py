@@ -336,7 +336,7 @@ def _describe(
         where.append(visible)
     stmt = select(*group, *columns, *counts).where(*where).group_by(*group)
     rows = {tuple(r[: len(group)]): r for r in conn.execute(stmt)}
-    modalities = _modalities(conn, keys, where) if level == "STUDY" else {}
+    modalities = _modalities(conn, where) if level == "STUDY" else {}
     headers = _headers(header_source, rows, wanted, everything and level == "IMAGE")
     out = []
     for key in keys:
@@ -374,9 +374,7 @@ def _counts(found: dict[str, Any], level: str, r: Any, wanted: list[str]) -> Non
             found[keyword] = int(value)
 
 
-def _modalities(
-    conn: Connection, keys: list[tuple[Any, ...]], where: list[ColumnElement[bool]]
-) -> dict[str, list[str]]:
+def _modalities(conn: Connection, where: list[ColumnElement[bool]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     rows = conn.execute(
         select(c.study_uid, c.modality)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
+from pydicom import dcmread
 
 from dicom import render, web
 from dicom.archive import Archive
@@ -494,8 +495,6 @@ def _file_parts(
 
 
 def _in_study(path: Any, study: str) -> bool:
-    from pydicom import dcmread
-
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
     except Exception:  # noqa: BLE001 - unreadable: the ingest says so
