@@ -39,14 +39,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import ColumnElement
 
 from dicom import query
-from dicom.index import Headers
+from dicom.archive import Archive
 from dicom.ingest import AE_SYSTEM, DicomIngest
 from dicom.query import ATTRIBUTES, LEVELS, Match, Query, QueryError
 from dicom.scp import caller_organization
 from records import db
 from records.audit_log import Event
-from records.errors import Forbidden
-from security.access import Action
+from records.errors import FhirError
 from security.principal import Principal, Role
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ class QueryRetrieve:
         self.ingest = ingest
         self.certificate_owner = organization_of_certificate
         self.records = ingest.records
-        self.headers = Headers(ingest.records.engine, ingest.store)
+        self.archive = Archive(ingest.records, ingest.store)  # access, its audit, headers
 
     def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
         return [
@@ -173,12 +172,9 @@ class QueryRetrieve:
     def _visible(self, who: Principal, action: str) -> ColumnElement[bool] | None:
         """The instances ``who`` may see; a refusal by the policy is audited and answered."""
         try:
-            scope = self.records.scope(who, "ImagingStudy", Action.SEARCH)
-        except Forbidden as refused:
-            reason = str(refused) or "not authorised"
-            self.records.audit(who, Event(action, outcome="refused", detail=reason))
-            raise Problem(NOT_AUTHORISED, reason) from None
-        return query.visible_clause(scope)
+            return self.archive.visible(who, action)
+        except FhirError as refused:
+            raise Problem(NOT_AUTHORISED, refused.diagnostics or "not authorised") from None
 
     def _audit(
         self, who: Principal, action: str, touched: list[tuple[str, str | None]], detail: str
@@ -237,7 +233,7 @@ class QueryRetrieve:
         visible = self._visible(who, "dicom-find")
         try:
             with db.reader(self.records.engine).connect() as conn:
-                found = query.search(conn, q, visible, self.headers)
+                found = query.search(conn, q, visible, self.archive.headers)
         except QueryError as exc:
             raise Problem(CANNOT_PROCESS, str(exc)) from None
         found = [m for m in found if _header_matches(m, in_header)]
