@@ -270,16 +270,7 @@ class DicomIngest:
         identifiers = patient_identifiers(ds, origin)
         if not identifiers:
             raise Refusal("PatientID (0010,0020) is empty: the object cannot be filed", "missing")
-        keys = [("Patient", i["system"], i["value"]) for i in identifiers]
-        keys.sort(key=lambda k: k[1] != RESIDENT_ID_SYSTEM)  # strongest first
-        db.lock_keys(conn, [f"patient:{k[1]}|{k[2]}" for k in keys])
-        found = self.records.find_by_identifiers(conn, keys)
-        for k in keys:
-            if k in found:
-                return found[k], False
-        body = patient_body(ds, identifiers, origin)
-        stored, _ = self.records.create_in(conn, who, "Patient", body)
-        return stored, True
+        return self.records.patient_by_identifiers(conn, who, patient_body(ds, identifiers, origin))
 
     def _find_study(self, conn: Connection, study_uid: str) -> Stored | None:
         """The ImagingStudy of a Study Instance UID, if the record has it."""

@@ -18,6 +18,7 @@ from records.committer import GroupCommitter
 from records.service import RecordService
 from security.access import AccessPolicy
 from security.tokens import TokenIssuer, load_or_create_signing_key
+from teleconsult import lifecycle
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Context:
             default_count=settings.page_size_default,
             max_count=settings.page_size_max,
         )
+        records.guard("Task", lifecycle.check)
         key = load_or_create_signing_key(settings.keys_dir)
         tokens = TokenIssuer(key, settings.token_issuer, settings.token_ttl_seconds)
         # the one writer of ingested data (HL7 and DICOM): one transaction, one fsync, many units

@@ -273,3 +273,31 @@ dicom_quarantine = Table(
     Column("updated", DateTime(timezone=True), nullable=False),
 )
 Index("ix_dicom_quarantine_status", dicom_quarantine.c.status, dicom_quarantine.c.received)
+
+# The outbox (DESIGN.md rule 2): what must reach another consortium member, written in the same
+# transaction as the change that calls for it and delivered afterwards by the workers
+# (``records.outbox``). ``destination`` is the Endpoint it goes to; its rows go out in ``seq``
+# order. A claimed row carries a lease (``lease_until``, ``leased_by``); a worker that dies
+# leaves it to expire and the row is claimed again.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("id", String(ID), nullable=False, unique=True),  # the idempotency key sent along
+    Column("destination", String(ID), nullable=False),  # Endpoint id
+    Column("channel", String(16), nullable=False),  # fhir | dicom
+    Column("topic", String(32), nullable=False),  # request | status | report | cancel | images
+    Column("subject", String(ID), nullable=True),  # the Task it belongs to
+    Column("payload", Text, nullable=False),  # JSON
+    Column("status", String(16), nullable=False),  # pending | delivered | dead | cancelled
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("leased_by", String(64), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("delivered", DateTime(timezone=True), nullable=True),
+)
+Index("ix_outbox_head", outbox.c.status, outbox.c.destination, outbox.c.seq)
+Index("ix_outbox_subject", outbox.c.subject)

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Writes of a transaction whose access check waits until every entry is written.
 Deferred = list[tuple[str, str, Scope]]
+# A rule a write of one type must keep (who, the current JSON or None, the new JSON); it raises
+# a FhirError to refuse. Registered by the package that owns the rule (teleconsult: Task).
+Guard = Callable[[Principal, dict[str, Any] | None, dict[str, Any]], None]
 
 
 @dataclass
@@ -61,6 +64,11 @@ class RecordService:
         self.policy = policy or AccessPolicy()
         self.default_count = default_count
         self.max_count = max_count
+        self.guards: dict[str, Guard] = {}
+
+    def guard(self, rtype: str, rule: Guard) -> None:
+        """Run ``rule`` on every create and update of ``rtype``, whoever writes it."""
+        self.guards[rtype] = rule
 
     # -- the unit of work ------------------------------------------------------------------
 
@@ -237,6 +245,7 @@ class RecordService:
             if existing:
                 return existing[0], False
         rid = rid or ids.new_id()
+        self._check_guard(who, rtype, None, body)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "POST")
         self._check_reach(conn, rtype, rid, scope, deferred)
@@ -283,6 +292,7 @@ class RecordService:
                 raise PreconditionFailed(
                     f"If-Match {if_match} but the current version is {have or 'none'}"
                 )
+        self._check_guard(who, rtype, existing.json() if live and existing else None, body)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "PUT")
         self._check_reach(conn, rtype, rid, scope, deferred)
@@ -319,6 +329,13 @@ class RecordService:
         if existing is None or not self.visible(conn, rtype, rid, scope):
             raise NotFound(f"{rtype}/{rid} is not known")
         return store.remove(conn, rtype, rid)
+
+    def _check_guard(
+        self, who: Principal, rtype: str, old: dict[str, Any] | None, new: dict[str, Any]
+    ) -> None:
+        rule = self.guards.get(rtype)
+        if rule is not None:
+            rule(who, old, new)
 
     def _check_writable_type(self, rtype: str) -> None:
         fhirtypes.check_type(rtype)
@@ -396,6 +413,14 @@ class RecordService:
             return result, [Event.touching("search", touched)]
 
         return self.run(who, "search", work, about=[rtype])
+
+    def search_in(
+        self, conn: Connection, who: Principal, rtype: str, items: list[tuple[str, str]]
+    ) -> SearchResult:
+        """A search inside the caller's unit of work (which writes the audit record)."""
+        fhirtypes.check_type(rtype)
+        req = query.parse(rtype, items, default_count=self.max_count, max_count=self.max_count)
+        return self._search_in(conn, who, req)
 
     def _search_in(
         self, conn: Connection, who: Principal, req: query.SearchRequest
@@ -682,9 +707,33 @@ class RecordService:
         for rtype, rid, body, new in writes:
             self._check_writable_type(rtype)
             prepared = self._prepare(who, rtype, body, models=models)
+            if rtype in self.guards:
+                before = None if new else store.current(conn, rtype, rid)
+                old = before.json() if before and not before.deleted else None
+                self._check_guard(who, rtype, old, prepared)
             self._check_unique_resident_id(conn, rtype, rid, prepared, lock=lock)
             pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
         return pending
+
+    def patient_by_identifiers(
+        self, conn: Connection, who: Principal, body: dict[str, Any]
+    ) -> tuple[Stored, bool]:
+        """The live Patient carrying one of ``body``'s identifiers (the resident identity number
+        first), else ``body`` created: (patient, created). Writers racing on the same person
+        take turns on the identifiers (PostgreSQL), so they file under one Patient."""
+        keys = [
+            ("Patient", i["system"], i["value"])
+            for i in body.get("identifier", [])
+            if i.get("system") and i.get("value")
+        ]
+        keys.sort(key=lambda k: k[1] != identity.RESIDENT_ID_SYSTEM)  # strongest first
+        db.lock_keys(conn, [f"patient:{k[1]}|{k[2]}" for k in keys])
+        found = self.find_by_identifiers(conn, keys)
+        for key in keys:
+            if key in found:
+                return found[key], False
+        stored, _ = self.create_in(conn, who, "Patient", body)
+        return stored, True
 
     def find_by_identifier(
         self, conn: Connection, rtype: str, system: str, value: str

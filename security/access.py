@@ -193,6 +193,18 @@ class AccessPolicy:
         patients = PatientSet(managed_by=who.organization, routed_to=who.organization)
         return Decision(True, Scope(patients=patients, include_unowned=False))
 
+    def _peer(self, who: Principal, rtype: str, action: Action) -> Decision:
+        """Another member's gateway (mutual TLS + token) delivering a request, a status or a
+        report: it works on the patients its organization manages or that are routed to it."""
+        if rtype in DIRECTORY_TYPES:
+            return self._directory_read_only(action)
+        if rtype not in CLINICAL_TYPES:
+            return Decision.deny(f"consortium gateways do not exchange {rtype}")
+        if not who.organization:
+            return Decision(True, Scope(patients=PatientSet(), include_unowned=False))
+        patients = PatientSet(managed_by=who.organization, routed_to=who.organization)
+        return Decision(True, Scope(patients=patients))
+
     @staticmethod
     def _directory_read_only(action: Action) -> Decision:
         if action in READS:

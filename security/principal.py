@@ -14,6 +14,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     SYSTEM = "system"  # the gateway itself: ingest, workers, demo loader
     DEVICE = "device"  # a registered DICOM device or workstation querying and retrieving
+    PEER = "peer"  # another consortium member's gateway delivering requests, statuses, reports
 
 
 @dataclass(frozen=True)

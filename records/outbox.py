@@ -1,0 +1,319 @@
+"""Store-and-forward: the outbox of deliveries to other consortium members.
+
+``enqueue`` runs inside the caller's unit of work, so a request that exists is one that will be
+delivered. Workers then ``claim`` one row at a time in short transactions of their own:
+
+- only a destination's oldest undelivered row can be claimed, so one destination's rows arrive in
+  the order they were written; a destination whose head is in flight or waiting for its retry
+  holds back its later rows and no one else's;
+- a claimed row carries a lease; the worker renews it while a long delivery runs (``renew``) and
+  a worker that dies leaves it to expire, after which the row is claimed again. On PostgreSQL
+  the claiming SELECT takes ``FOR UPDATE SKIP LOCKED``, so several gateway processes share the
+  outbox without two of them taking the same row; SQLite's writers take turns anyway;
+- a failed attempt is retried after an exponential backoff with full jitter; a permanent failure
+  or too many attempts makes the row ``dead``, with its reason, until an operator requeues it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, exists, func, insert, or_, select, update
+
+from records import ids
+from records.schema import outbox
+
+PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
+STATUSES = (PENDING, DELIVERED, DEAD, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry after ``min(cap, base * 2**(attempts-1))`` seconds, scaled by a random factor in
+    [0.5, 1] (jitter, so a destination coming back is not hit by every sender at once); after
+    ``max_attempts`` the row is dead."""
+
+    base: float = 2.0
+    cap: float = 600.0
+    max_attempts: int = 200
+
+    def delay(self, attempts: int, rand: random.Random | None = None) -> timedelta:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempts - 1))
+        factor = 0.5 + 0.5 * (rand or random).random()
+        return timedelta(seconds=ceiling * factor)
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    id: str
+    destination: str
+    channel: str
+    topic: str
+    subject: str | None
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt: datetime
+    created: datetime
+    updated: datetime
+    last_error: str | None
+    leased_by: str | None
+    lease_until: datetime | None
+    delivered: datetime | None
+
+    @classmethod
+    def of(cls, row: Any) -> Entry:
+        return cls(
+            seq=row.seq,
+            id=row.id,
+            destination=row.destination,
+            channel=row.channel,
+            topic=row.topic,
+            subject=row.subject,
+            payload=json.loads(row.payload),
+            status=row.status,
+            attempts=row.attempts,
+            next_attempt=_aware(row.next_attempt),
+            created=_aware(row.created),
+            updated=_aware(row.updated),
+            last_error=row.last_error,
+            leased_by=row.leased_by,
+            lease_until=_aware(row.lease_until) if row.lease_until else None,
+            delivered=_aware(row.delivered) if row.delivered else None,
+        )
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive datetimes; everything here is written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    destination: str,
+    channel: str,
+    topic: str,
+    payload: dict[str, Any],
+    subject: str | None = None,
+    entry_id: str | None = None,
+) -> str:
+    """Add a delivery inside the caller's transaction; return its id (the idempotency key)."""
+    now = _now()
+    entry_id = entry_id or ids.new_id()
+    conn.execute(
+        insert(outbox).values(
+            id=entry_id,
+            destination=destination,
+            channel=channel,
+            topic=topic,
+            subject=subject,
+            payload=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+            status=PENDING,
+            attempts=0,
+            next_attempt=now,
+            created=now,
+            updated=now,
+        )
+    )
+    return entry_id
+
+
+def _claimable(now: datetime, channels: Sequence[str] | None):  # type: ignore[no-untyped-def]
+    earlier = outbox.alias("earlier")
+    head = ~exists().where(
+        earlier.c.destination == outbox.c.destination,
+        earlier.c.status == PENDING,
+        earlier.c.seq < outbox.c.seq,
+    )
+    query = (
+        select(outbox)
+        .where(
+            outbox.c.status == PENDING,
+            head,
+            outbox.c.next_attempt <= now,
+            or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+        )
+        .order_by(outbox.c.next_attempt, outbox.c.seq)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=outbox)
+    )
+    if channels:
+        query = query.where(outbox.c.channel.in_(list(channels)))
+    return query
+
+
+def claim(
+    engine: Engine,
+    worker: str,
+    lease: timedelta,
+    *,
+    channels: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> Entry | None:
+    """Take the next row due, if any, for ``lease``; the attempt is counted now, so a worker
+    that dies mid-delivery still moves the row towards its backoff."""
+    now = now or _now()
+    with engine.begin() as conn:
+        row = conn.execute(_claimable(now, channels)).first()
+        if row is None:
+            return None
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.seq == row.seq)
+            .values(
+                lease_until=now + lease,
+                leased_by=worker,
+                attempts=outbox.c.attempts + 1,
+                updated=now,
+            )
+        )
+        claimed = conn.execute(select(outbox).where(outbox.c.seq == row.seq)).one()
+    return Entry.of(claimed)
+
+
+def _held(entry: Entry, worker: str):  # type: ignore[no-untyped-def]
+    return and_(outbox.c.seq == entry.seq, outbox.c.leased_by == worker, outbox.c.status == PENDING)
+
+
+def renew(engine: Engine, entry: Entry, worker: str, lease: timedelta) -> bool:
+    """Extend the lease of a long delivery; False when the row is no longer this worker's
+    (the lease ran out and someone else took it, or the request was cancelled)."""
+    now = _now()
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(outbox).where(_held(entry, worker)).values(lease_until=now + lease, updated=now)
+        )
+    return result.rowcount == 1
+
+
+def delivered(engine: Engine, entry: Entry, worker: str) -> bool:
+    now = _now()
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(outbox)
+            .where(_held(entry, worker))
+            .values(
+                status=DELIVERED,
+                delivered=now,
+                lease_until=None,
+                leased_by=None,
+                last_error=None,
+                updated=now,
+            )
+        )
+    return result.rowcount == 1
+
+
+def failed(
+    engine: Engine,
+    entry: Entry,
+    worker: str,
+    error: str,
+    *,
+    permanent: bool,
+    backoff: Backoff,
+) -> str:
+    """Record a failed attempt: the row waits for its retry, or is dead. Returns its status."""
+    now = _now()
+    dead = permanent or entry.attempts >= backoff.max_attempts
+    values: dict[str, Any] = {
+        "lease_until": None,
+        "leased_by": None,
+        "last_error": error[:2000],
+        "updated": now,
+    }
+    if dead:
+        values["status"] = DEAD
+        if not permanent:
+            values["last_error"] = f"gave up after {entry.attempts} attempts: {error}"[:2000]
+    else:
+        values["next_attempt"] = now + backoff.delay(entry.attempts)
+    with engine.begin() as conn:
+        conn.execute(update(outbox).where(_held(entry, worker)).values(**values))
+    return DEAD if dead else PENDING
+
+
+def cancel_subject(conn: Connection, subject: str, *, reason: str) -> int:
+    """In the caller's transaction: drop the waiting deliveries of a cancelled request (one in
+    flight finishes, or loses its lease on renewal)."""
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.subject == subject, outbox.c.status == PENDING)
+        .values(status=CANCELLED, last_error=reason, updated=_now(), lease_until=None)
+    )
+    return int(result.rowcount)
+
+
+def requeue(engine: Engine, entry_id: str) -> Entry | None:
+    """An operator sends a dead (or cancelled) row again, from its first attempt."""
+    now = _now()
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(outbox)
+            .where(outbox.c.id == entry_id, outbox.c.status.in_([DEAD, CANCELLED]))
+            .values(status=PENDING, attempts=0, next_attempt=now, updated=now)
+        )
+        if result.rowcount != 1:
+            return None
+    return get(engine, entry_id)
+
+
+def get(engine: Engine, entry_id: str) -> Entry | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(outbox).where(outbox.c.id == entry_id)).first()
+    return Entry.of(row) if row else None
+
+
+def listing(
+    engine: Engine,
+    *,
+    status: str | None = None,
+    subject: str | None = None,
+    limit: int = 100,
+) -> list[Entry]:
+    query = select(outbox).order_by(outbox.c.seq.desc()).limit(limit)
+    if status:
+        query = query.where(outbox.c.status == status)
+    if subject:
+        query = query.where(outbox.c.subject == subject)
+    with engine.connect() as conn:
+        return [Entry.of(row) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class Depth:
+    by_status: dict[str, int]
+    oldest_pending: datetime | None
+
+    def oldest_age(self, now: datetime | None = None) -> float:
+        if self.oldest_pending is None:
+            return 0.0
+        return max(0.0, ((now or _now()) - self.oldest_pending).total_seconds())
+
+
+def depth(engine: Engine) -> Depth:
+    with engine.connect() as conn:
+        counts = {
+            row.status: row.n
+            for row in conn.execute(
+                select(outbox.c.status, func.count().label("n")).group_by(outbox.c.status)
+            )
+        }
+        oldest = conn.execute(
+            select(func.min(outbox.c.created)).where(outbox.c.status == PENDING)
+        ).scalar()
+    return Depth(
+        {status: counts.get(status, 0) for status in STATUSES},
+        _aware(oldest) if oldest else None,
+    )

@@ -1,0 +1,82 @@
+"""The life of a remote-diagnosis Task: which status may follow which, and who may move it.
+
+    draft -> requested -> received -> accepted | rejected
+    accepted -> in-progress <-> on-hold -> completed | failed
+    cancelled from any open status; rejected -> requested when the request is routed elsewhere
+
+The table is enforced as a write guard at the records boundary (``check``), so a FHIR ``PUT``, a
+transaction Bundle, the JSON API and the delivery workers all obey the same rules. A refused move
+is a 422 OperationOutcome naming both statuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from records.errors import Unprocessable
+from security.principal import Principal, Role
+
+DRAFT, REQUESTED, RECEIVED = "draft", "requested", "received"
+ACCEPTED, REJECTED = "accepted", "rejected"
+IN_PROGRESS, ON_HOLD = "in-progress", "on-hold"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+
+NEXT: dict[str, frozenset[str]] = {
+    DRAFT: frozenset({REQUESTED, CANCELLED}),
+    REQUESTED: frozenset({RECEIVED, REJECTED, CANCELLED, FAILED}),
+    RECEIVED: frozenset({ACCEPTED, REJECTED, CANCELLED, FAILED}),
+    ACCEPTED: frozenset({IN_PROGRESS, ON_HOLD, COMPLETED, CANCELLED, FAILED}),
+    REJECTED: frozenset({REQUESTED}),
+    IN_PROGRESS: frozenset({ON_HOLD, COMPLETED, FAILED, CANCELLED}),
+    ON_HOLD: frozenset({IN_PROGRESS, FAILED, CANCELLED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+STATUSES = frozenset(NEXT)
+OPEN = frozenset(s for s, nxt in NEXT.items() if nxt)
+FIRST = frozenset({DRAFT, REQUESTED})  # what a new request's Task may start as
+
+# The moves each side makes by hand; the gateway itself (system, peer gateways) makes any
+# legal move: it records what happened at the other end.
+_BY_ROLE: dict[Role, frozenset[str]] = {
+    Role.TOWNSHIP_DOCTOR: frozenset({DRAFT, REQUESTED, CANCELLED}),
+    Role.SPECIALIST: frozenset({ACCEPTED, REJECTED, IN_PROGRESS, ON_HOLD, COMPLETED, FAILED}),
+}
+_ANY_MOVE = frozenset({Role.SYSTEM, Role.PEER})
+
+
+def allowed(current: str | None, new: str) -> bool:
+    if current is None:
+        return new in STATUSES
+    return new == current or new in NEXT.get(current, frozenset())
+
+
+def check(who: Principal, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """The records boundary's guard for Task writes: refuse a move the table does not allow,
+    or one this principal's side does not make."""
+    status = new.get("status")
+    before = old.get("status") if old else None
+    if status not in STATUSES:
+        raise Unprocessable(
+            f"Task status '{status}' is not one this gateway tracks "
+            f"({', '.join(sorted(STATUSES))})",
+            expression=["Task.status"],
+        )
+    if before is None and who.role not in _ANY_MOVE and status not in FIRST:
+        raise Unprocessable(
+            f"a new Task starts as draft or requested, not {status}", expression=["Task.status"]
+        )
+    if not allowed(before, status):
+        follow = ", ".join(sorted(NEXT.get(before or "", ()))) or "nothing: it is closed"
+        raise Unprocessable(
+            f"a Task cannot go from {before} to {status}; from {before} it may go to {follow}",
+            expression=["Task.status"],
+        )
+    if status != before and who.role not in _ANY_MOVE:
+        own = _BY_ROLE.get(who.role, frozenset())
+        if status not in own:
+            raise Unprocessable(
+                f"a {who.role.value} does not move a Task to {status}",
+                expression=["Task.status"],
+            )
