@@ -45,6 +45,7 @@ def serve(config: Path | None) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.https import uvicorn_config
     from gateway.observability import configure_logging
 
     settings = _settings(config)
@@ -67,13 +68,8 @@ def serve(config: Path | None) -> None:
                     signal.signal(sig, handler)
 
     server = Server(
-        uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
+        uvicorn_config(  # HTTPS when http_tls_* are set; requests see the client certificate
+            app, settings, log_config=None, access_log=False, timeout_graceful_shutdown=10
         )
     )
     server.run()
@@ -110,7 +106,9 @@ def users() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin"]),
+    type=click.Choice(
+        ["township_doctor", "specialist", "resident", "insurer", "admin", "peer"]
+    ),
 )
 @click.option(
     "--org",

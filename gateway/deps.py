@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from gateway.context import Context
 from records.errors import Unauthorized
 from security.principal import Principal
+from security.tls import certificate_common_name
 from security.tokens import InvalidToken
 
 
@@ -35,5 +36,24 @@ def current_principal(request: Request, ctx: Annotated[Context, Depends(get_cont
     return principal.with_source(client_address(request))
 
 
+def peer_certificate(request: Request) -> dict[str, Any] | None:
+    """The client certificate the TLS handshake verified against ``http_tls_client_ca``, as
+    ``ssl.SSLSocket.getpeercert()`` gives it; None over plain HTTP, without a client CA, or
+    when the client presented none (browsers, apps). Set by gateway.https; a certificate only
+    says which member's machine is calling: the bearer token still says who."""
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    certificate: dict[str, Any] | None = tls.get("peercert") or None
+    return certificate
+
+
+def peer_organization_code(request: Request) -> str | None:
+    """The consortium member the client certificate names (its common name, e.g. XINGFU_THC),
+    or None without a verified client certificate."""
+    certificate = peer_certificate(request)
+    return certificate_common_name(certificate) if certificate else None
+
+
 ContextDep = Annotated[Context, Depends(get_context)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+PeerCertificateDep = Annotated[dict[str, Any] | None, Depends(peer_certificate)]
+PeerOrganizationDep = Annotated[str | None, Depends(peer_organization_code)]

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="empty: SQLite file in the data dir")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # HTTPS on http_port when cert and key are set. With a CA, clients are asked for a
+    # certificate but may go without (browsers, apps); one that is presented must verify, and
+    # its common name names the consortium member calling (gateway.deps.peer_organization_code).
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    http_tls_client_ca: Path | None = None
     mllp_port: int = Field(default=2575, ge=0, le=65535)
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     dicom_ae: str = Field(default="YILIAN", min_length=1, max_length=16)
@@ -84,7 +90,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
-        for listener in ("mllp", "dicom"):
+        for listener in ("http", "mllp", "dicom"):
             cert, key, ca = self.tls_files(listener)
             if bool(cert) != bool(key):
                 raise ValueError(
@@ -97,7 +103,7 @@ class Settings(BaseSettings):
         return self
 
     def tls_files(self, listener: str) -> tuple[Path | None, Path | None, Path | None]:
-        """(certificate, key, client CA) of a listener ("mllp" or "dicom")."""
+        """(certificate, key, client CA) of a listener ("http", "mllp" or "dicom")."""
         return (
             getattr(self, f"{listener}_tls_cert"),
             getattr(self, f"{listener}_tls_key"),
