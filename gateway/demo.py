@@ -18,6 +18,8 @@ from records.audit_log import Event
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.identity import MEDICAL_INSURANCE_SYSTEM, RESIDENT_ID_SYSTEM, check_character
 from security.principal import SYSTEM, Role
+from teleconsult import directory
+from teleconsult.routing import KIND_SYSTEM
 
 DEMO_PASSWORD = "yilian-demo-2026"
 ORG_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
@@ -37,6 +39,52 @@ ORGANIZATIONS = [
 DEVICES = [
     ("xingfu-ct", "XINGFU_CT", "XINGFU_THC", "幸福镇卫生院 CT", "CT"),
     ("xingfu-ecg", "XINGFU_ECG", "XINGFU_THC", "幸福镇卫生院 心电图机", "ECG"),
+]
+
+
+# (id, hospital, name, kind, specialty (SNOMED CT), duty: None = always, else (days, start, end))
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
+SERVICES = [
+    ("city-first-imaging", "CITY_FIRST", "影像诊断中心", "imaging", "394914008", None),
+    ("city-first-ecg", "CITY_FIRST", "心电诊断中心", "ecg", "394579002", None),
+    (
+        "city-first-consult",
+        "CITY_FIRST",
+        "远程会诊中心",
+        "consultation",
+        "419772000",
+        (WEEKDAYS, "08:00:00", "17:30:00"),
+    ),
+    (
+        "city-central-imaging",
+        "CITY_CENTRAL",
+        "放射科",
+        "imaging",
+        "394914008",
+        (WEEKDAYS, "08:00:00", "17:30:00"),
+    ),
+    (
+        "city-central-ecg",
+        "CITY_CENTRAL",
+        "心电图室",
+        "ecg",
+        "394579002",
+        (WEEKDAYS, "08:00:00", "17:30:00"),
+    ),
+]
+SNOMED = "http://snomed.info/sct"
+SPECIALTY_NAMES = {
+    "394914008": "Radiology",
+    "394579002": "Cardiology",
+    "419772000": "Family practice",
+}
+# Where the tertiary hospitals' gateways are reached: off until an operator gives the real
+# addresses (`yilian consortium endpoint CITY_FIRST --fhir URL --dicom URL`).
+ENDPOINTS = [
+    ("CITY_FIRST", "fhir", "https://city-first.yilian.example:8443/fhir"),
+    ("CITY_FIRST", "dicom", "dicoms://CITY_FIRST@city-first.yilian.example:11112"),
+    ("CITY_CENTRAL", "fhir", "https://city-central.yilian.example:8443/fhir"),
+    ("CITY_CENTRAL", "dicom", "dicoms://CITY_CENTRAL@city-central.yilian.example:11112"),
 ]
 
 
@@ -356,6 +404,31 @@ def _device(ae_title: str, clinic: str, name: str, kind: str) -> dict[str, Any]:
     }
 
 
+def _service(hospital: str, name: str, kind: str, specialty: str, duty: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "HealthcareService",
+        "active": True,
+        "providedBy": {"reference": f"Organization/{org(hospital)}"},
+        "type": [{"coding": [{"system": KIND_SYSTEM, "code": kind}]}],
+        "specialty": [
+            {
+                "coding": [
+                    {"system": SNOMED, "code": specialty, "display": SPECIALTY_NAMES[specialty]}
+                ]
+            }
+        ],
+        "name": name,
+    }
+    if duty is None:
+        body["availableTime"] = [{"allDay": True}]
+    else:
+        days, start, end = duty
+        body["availableTime"] = [
+            {"daysOfWeek": days, "availableStartTime": start, "availableEndTime": end}
+        ]
+    return body
+
+
 def _put_if_absent(conn: Connection, rtype: str, rid: str, body: dict[str, Any]) -> bool:
     found = store.current(conn, rtype, rid)
     if found is not None and not found.deleted:
@@ -374,6 +447,14 @@ def load(ctx: Context) -> list[DemoUser]:
             created += _put_if_absent(conn, "Organization", org(code), body)
         for rid, ae_title, clinic, name, kind in DEVICES:
             created += _put_if_absent(conn, "Device", rid, _device(ae_title, clinic, name, kind))
+        for rid, hospital, name, kind, specialty, duty in SERVICES:
+            body = _service(hospital, name, kind, specialty, duty)
+            created += _put_if_absent(conn, "HealthcareService", rid, body)
+        for hospital, kind, address in ENDPOINTS:
+            body = directory.endpoint_body(org(hospital), kind, address, active=False)
+            created += _put_if_absent(
+                conn, "Endpoint", directory.endpoint_id(org(hospital), kind), body
+            )
         created += _put_if_absent(
             conn, "Practitioner", "doctor-xingfu", _practitioner("doctor-xingfu", "李", "卫民")
         )
