@@ -42,6 +42,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,27 @@ def _dicomweb_server(value: str | Sequence[Any] | Mapping[str, Any]) -> Any:
     return dict(value) if isinstance(value, Mapping) else list(value)
 
 
+@dataclass(frozen=True)
+class DicomTls:
+    """Orthanc's DICOM TLS: its certificate and key, and the CA certificates its callers'
+    certificates must be signed by. It then refuses plain connections, anonymous TLS and (with
+    ``client_certificate_required``) callers without a certificate from that CA."""
+
+    certificate: Path
+    private_key: Path
+    trusted: Path
+    client_certificate_required: bool = True
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.certificate),
+            "DicomTlsPrivateKey": str(self.private_key),
+            "DicomTlsTrustedCertificates": str(self.trusted),
+            "DicomTlsRemoteCertificateRequired": self.client_certificate_required,
+        }
+
+
 class Orthanc:
     """A running Orthanc in its own folder; see ``running_orthanc``."""
 
@@ -88,6 +110,7 @@ class Orthanc:
         aet: str = "ORTHANC",
         modalities: Mapping[str, Sequence[Any] | Mapping[str, Any]] | None = None,
         dicomweb_servers: Mapping[str, Any] | None = None,
+        dicom_tls: DicomTls | None = None,
     ) -> None:
         assert ORTHANC.exists(), f"Orthanc is not installed at {ORTHANC} ({INSTALL})"
         assert DICOMWEB_PLUGIN.exists(), (
@@ -99,6 +122,7 @@ class Orthanc:
         self.dicomweb_servers = {
             name: _dicomweb_server(v) for name, v in (dicomweb_servers or {}).items()
         }
+        self.dicom_tls = dicom_tls
         self.config_path = workdir / "orthanc.json"
         self.log_path = workdir / "orthanc.log"
         self.dicom_port = 0
@@ -118,7 +142,7 @@ class Orthanc:
 
     def config(self) -> dict[str, Any]:
         db = self.workdir / "db"
-        return {
+        config: dict[str, Any] = {
             "Name": f"test-{self.aet}",
             "StorageDirectory": str(db),
             "IndexDirectory": str(db),
@@ -154,6 +178,9 @@ class Orthanc:
                 "Servers": self.dicomweb_servers,
             },
         }
+        if self.dicom_tls is not None:
+            config.update(self.dicom_tls.config())
+        return config
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -330,15 +357,23 @@ def running_orthanc(
     aet: str = "ORTHANC",
     modalities: Mapping[str, Sequence[Any] | Mapping[str, Any]] | None = None,
     dicomweb_servers: Mapping[str, Any] | None = None,
+    dicom_tls: DicomTls | None = None,
 ) -> Iterator[Orthanc]:
     """Start an Orthanc in a new folder under ``tmp_path``; stop it and wait for it on exit.
 
     ``modalities``: name -> (AET, host, port), Orthanc's "DicomModalities" (peers it may query,
     move from, and C-STORE / C-MOVE to). ``dicomweb_servers``: name -> URL (or Orthanc's
     [URL, user, password] / {"Url": ...} forms), the DICOMweb plugin's "Servers".
+    ``dicom_tls``: DICOM over TLS only (plain connections refused), see ``DicomTls``.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"orthanc-{aet}-", dir=tmp_path))
-    orthanc = Orthanc(workdir, aet=aet, modalities=modalities, dicomweb_servers=dicomweb_servers)
+    orthanc = Orthanc(
+        workdir,
+        aet=aet,
+        modalities=modalities,
+        dicomweb_servers=dicomweb_servers,
+        dicom_tls=dicom_tls,
+    )
     orthanc.start()
     try:
         yield orthanc
