@@ -14,10 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.context import Context
 from gateway.fhirhttp import error_response, outcome_response
 from gateway.listeners import Listeners
-from gateway.observability import Metrics, RequestLog
-from gateway.routers import admin, auth, dicomweb, fhir, health, hl7, pages
+from gateway.observability import Metrics, RequestLog, outbox_metrics
+from gateway.routers import admin, auth, dicomweb, fhir, health, hl7, pages, teleconsult
 from gateway.settings import Settings
 from records.errors import FhirError
+from teleconsult.delivery import Workers
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,16 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
         await listeners.start()
         app.state.mllp = listeners.mllp
         app.state.dicom = listeners.dicom
+        # delivery to other members: only in the gateway itself (tests drive the courier)
+        workers = Workers(context.courier, settings.delivery_workers) if own else None
+        if workers is not None:
+            workers.start()
         log.info("gateway ready", extra={"http_port": settings.http_port})
         try:
             yield
         finally:
+            if workers is not None:
+                workers.stop()
             await listeners.stop()
             if own:
                 context.close()
@@ -75,11 +82,12 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
         return outcome_response(500, "exception", "internal error; the operator's log has details")
 
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
-    def _metrics() -> str:
-        return metrics.render()
+    def _metrics(request: Request) -> str:
+        return metrics.render() + outbox_metrics(request.app.state.ctx.engine)
 
     app.include_router(health.router)
     app.include_router(auth.router)
+    app.include_router(teleconsult.router)  # before fhir: /fhir/$process-message, Task ops
     app.include_router(fhir.router)
     app.include_router(hl7.router)
     app.include_router(dicomweb.router)

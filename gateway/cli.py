@@ -106,9 +106,7 @@ def users() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(
-        ["township_doctor", "specialist", "resident", "insurer", "admin", "peer"]
-    ),
+    type=click.Choice(["township_doctor", "specialist", "resident", "insurer", "admin", "peer"]),
 )
 @click.option(
     "--org",
@@ -424,3 +422,7 @@ def db_upgrade(config: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# the remote-diagnosis commands register themselves on ``main``
+import gateway.cli_teleconsult  # noqa: E402,F401

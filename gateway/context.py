@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
@@ -15,10 +16,17 @@ from dicom.storage import FileStore
 from gateway.settings import Settings
 from records import db
 from records.committer import GroupCommitter
+from records.outbox import Backoff
 from records.service import RecordService
+from security import signing
 from security.access import AccessPolicy
+from security.tls import certificate_expiry, client_context
 from security.tokens import TokenIssuer, load_or_create_signing_key
 from teleconsult import lifecycle
+from teleconsult.delivery import Courier, Credentials, DeliverySettings
+from teleconsult.inbox import Inbox
+from teleconsult.routing import RoutingRules
+from teleconsult.service import Teleconsult
 
 
 @dataclass
@@ -29,6 +37,9 @@ class Context:
     tokens: TokenIssuer
     hl7: Hl7Ingest
     dicom: DicomIngest
+    teleconsult: Teleconsult
+    inbox: Inbox
+    courier: Courier
     # blocking work of the listeners (parsing, mapping, database) runs on these threads
     executor: ThreadPoolExecutor = field(repr=False, default_factory=ThreadPoolExecutor)
 
@@ -78,7 +89,26 @@ class Context:
                 sqlite_synchronous=settings.sqlite_synchronous,
             )
         executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")
-        return cls(settings, engine, records, tokens, hl7, dicom, executor)
+        rules = (
+            RoutingRules.load(settings.routing_rules)
+            if settings.routing_rules
+            else RoutingRules.default()
+        )
+        report_key = signing.load_or_create_signing_key(settings.keys_dir / "report-signing.pem")
+        teleconsult = Teleconsult(records, rules, report_key)
+        courier = Courier(records, teleconsult, dicom.store, delivery_settings(settings))
+        return cls(
+            settings,
+            engine,
+            records,
+            tokens,
+            hl7,
+            dicom,
+            teleconsult,
+            Inbox(records, teleconsult),
+            courier,
+            executor,
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -86,3 +116,26 @@ class Context:
             self.hl7.stager.close()
         self.hl7.close()
         self.engine.dispose()
+
+
+def delivery_settings(settings: Settings) -> DeliverySettings:
+    tls, expires = None, None
+    if settings.consortium_tls_cert and settings.consortium_tls_key and settings.consortium_tls_ca:
+        tls = client_context(
+            settings.consortium_tls_cert, settings.consortium_tls_key, settings.consortium_tls_ca
+        )
+        expires = certificate_expiry(settings.consortium_tls_cert)
+    return DeliverySettings(
+        tls=tls,
+        certificate_expires=expires,
+        calling_ae=settings.dicom_ae,
+        credentials={
+            member: Credentials(pair["client_id"], pair["client_secret"])
+            for member, pair in settings.peer_credentials.items()
+        },
+        lease=timedelta(seconds=settings.outbox_lease_seconds),
+        backoff=Backoff(
+            settings.outbox_retry_base, settings.outbox_retry_cap, settings.outbox_max_attempts
+        ),
+        poll=settings.outbox_poll_seconds,
+    )

@@ -15,7 +15,10 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from records import outbox
 
 log = logging.getLogger("yilian.http")
 
@@ -116,3 +119,17 @@ class RequestLog:
                     "request_id": request_id,
                 },
             )
+
+
+def outbox_metrics(engine: Engine) -> str:
+    """Store-and-forward queue: rows by status and the age of the oldest waiting one."""
+    depth = outbox.depth(engine)
+    lines = [
+        "# HELP yilian_outbox_depth Outbox rows by status (pending: not yet delivered).",
+        "# TYPE yilian_outbox_depth gauge",
+        *(f'yilian_outbox_depth{{status="{s}"}} {n}' for s, n in depth.by_status.items()),
+        "# HELP yilian_outbox_oldest_age_seconds Age of the oldest undelivered outbox row.",
+        "# TYPE yilian_outbox_oldest_age_seconds gauge",
+        f"yilian_outbox_oldest_age_seconds {depth.oldest_age():.3f}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     # there are several; 0: none, everything in the gateway's process).
     hl7_workers: int | None = Field(default=None, ge=0, le=64)
 
+    # Remote diagnosis. Routing rules (TOML, see deploy/routing.example.toml; empty: any
+    # hospital department on duty). Delivery to other members: threads of this process taking
+    # outbox rows; FHIR messages and DICOM go out with this client certificate (its common
+    # name is this member's code), checked against the consortium CA.
+    routing_rules: Path | None = None
+    delivery_workers: int = Field(default=1, ge=0, le=16)
+    outbox_lease_seconds: float = Field(default=60.0, ge=1)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_retry_base: float = Field(default=2.0, ge=0)
+    outbox_retry_cap: float = Field(default=600.0, ge=0)
+    outbox_max_attempts: int = Field(default=200, ge=1)
+    consortium_tls_cert: Path | None = None
+    consortium_tls_key: Path | None = None
+    consortium_tls_ca: Path | None = None
+    # The client id and secret each member issued to this gateway (`yilian users add NAME
+    # --role peer --client` at that member), by member code: {"CITY_FIRST": {"client_id":
+    # "...", "client_secret": "..."}}
+    peer_credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
+
     @property
     def resolved_hl7_workers(self) -> int:
         if self.hl7_workers is not None:
@@ -109,6 +128,24 @@ class Settings(BaseSettings):
             getattr(self, f"{listener}_tls_key"),
             getattr(self, f"{listener}_tls_client_ca"),
         )
+
+    @field_validator("peer_credentials")
+    @classmethod
+    def _credentials(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for member, pair in value.items():
+            missing = {"client_id", "client_secret"} - set(pair)
+            if missing:
+                raise ValueError(f"peer_credentials.{member} needs {', '.join(sorted(missing))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consortium_tls(self) -> Settings:
+        files = (self.consortium_tls_cert, self.consortium_tls_key, self.consortium_tls_ca)
+        if any(files) and not all(files):
+            raise ValueError(
+                "consortium_tls_cert, consortium_tls_key and consortium_tls_ca go together"
+            )
+        return self
 
     @field_validator("hl7_sender_charsets")
     @classmethod

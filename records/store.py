@@ -458,3 +458,23 @@ def _by_identifiers(
 def _now() -> datetime:
     when = fhirdates.now()
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+def referring(conn: Connection, rtype: str, param: str, target: str) -> list[dict[str, Any]]:
+    """Live resources of a type whose reference ``param`` points at ``target`` ("Type/id")."""
+    target_type, _, target_id = target.partition("/")
+    ref = search_reference
+    found = select(ref.c.res_id).where(
+        ref.c.res_type == rtype,
+        ref.c.param == param,
+        ref.c.target_type == target_type,
+        ref.c.target_id == target_id,
+    )
+    rows = conn.execute(
+        select(resource.c.content).where(
+            resource.c.res_type == rtype,
+            resource.c.deleted.is_(False),
+            resource.c.res_id.in_(found),
+        )
+    )
+    return [json.loads(row.content) for row in rows]

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import ssl
+from datetime import datetime
+from pathlib import Path
 from typing import TypeAlias
+
+from cryptography import x509
 
 StrPath: TypeAlias = str | os.PathLike[str]
 
@@ -51,3 +55,9 @@ def client_context(cert: StrPath, key: StrPath, ca: StrPath) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     return context
+
+
+def certificate_expiry(cert: StrPath) -> datetime:
+    """When the (first) certificate in a PEM file stops being valid."""
+    loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    return loaded.not_valid_after_utc

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, func, select
 
+from records import store
 from records.fhirtypes import ORG_CODE_SYSTEM, organization_id
 from records.schema import resource, search_reference, search_token
+from security.signing import public_key_from_jwk
 from teleconsult import lifecycle
 from teleconsult.routing import Service, service_from_fhir
 
@@ -157,6 +160,37 @@ def organization_of_code(conn: Connection, code: str) -> str | None:
         )
     ).first()
     return rid if row else None
+
+
+REPORT_KEY = "urn:yilian:report-signing-key"  # Organization extension: a public JWK (JSON)
+
+
+def trusted_keys(conn: Connection, organization: str) -> dict[str, Ed25519PublicKey]:
+    """The report-signing keys an operator registered for a member (``yilian consortium
+    trust``), by key id: the only keys its reports are checked against."""
+    found = store.current(conn, "Organization", organization)
+    if found is None or found.deleted:
+        return {}
+    keys = {}
+    for ext in found.json().get("extension", []):
+        if ext.get("url") == REPORT_KEY:
+            jwk = json.loads(ext["valueString"])
+            keys[jwk["kid"]] = public_key_from_jwk(jwk)
+    return keys
+
+
+def with_trusted_key(body: dict[str, Any], jwk: dict[str, Any]) -> dict[str, Any]:
+    """The Organization with ``jwk`` among its report-signing keys (checked, once)."""
+    public_key_from_jwk(jwk)
+    if "kid" not in jwk:
+        raise DirectoryError("the key has no kid")
+    others = [
+        e
+        for e in body.get("extension", [])
+        if e.get("url") != REPORT_KEY or json.loads(e["valueString"]).get("kid") != jwk["kid"]
+    ]
+    value = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    return {**body, "extension": [*others, {"url": REPORT_KEY, "valueString": value}]}
 
 
 def services(conn: Connection) -> list[Service]:

@@ -6,13 +6,22 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.https import HttpProtocol, uvicorn_config
+from gateway.settings import Settings
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -108,3 +117,24 @@ def make_ca(
     for name in expired_clients:
         issue(name, ExtendedKeyUsageOID.CLIENT_AUTH, folder / f"client-{name}", expired=True)
     return TestCA(folder)
+
+
+@contextmanager
+def serving(
+    app: Any, settings: Settings, protocol: HttpProtocol = "httptools", **options: Any
+) -> Iterator[int]:
+    """Serve ``app`` as ``yilian serve`` would (uvicorn in a thread); yield the port."""
+    options = {"log_level": "warning", "lifespan": "off", **options}
+    config = uvicorn_config(app, settings, protocol=protocol, **options)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(15)

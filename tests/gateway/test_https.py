@@ -15,16 +15,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
@@ -32,7 +29,7 @@ from gateway.deps import PeerCertificateDep, PeerOrganizationDep
 from gateway.https import HttpProtocol, HttpToolsTlsProtocol, uvicorn_config
 from gateway.settings import Settings
 from security.tls import client_context, server_context
-from tests.tls import TestCA, make_ca
+from tests.tls import TestCA, make_ca, serving
 
 MEMBER = "XINGFU_THC"
 TLS_VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
@@ -84,23 +81,6 @@ def probe_app() -> FastAPI:
         }
 
     return app
-
-
-@contextmanager
-def serving(app: FastAPI, settings: Settings, protocol: HttpProtocol) -> Iterator[int]:
-    config = uvicorn_config(app, settings, protocol=protocol, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield int(server.servers[0].sockets[0].getsockname()[1])
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @pytest.fixture(params=["httptools", "h11"])

@@ -1,0 +1,300 @@
+"""Receiving messages from other members (``POST /fhir/$process-message``).
+
+The caller is a ``peer`` principal whose client certificate named the member (the router checks
+that); the message must say it comes from that member. Each message is processed in one unit of
+work together with its archive row (``inbound_message``, protocol ``fhir-msg``, the message id as
+control ID, the answer kept), so:
+
+- a message accepted before is answered with the first answer and nothing is done twice. The
+  id alone decides: the sender builds a message from its record when it sends it, so a retry
+  after a lost answer may differ in detail (a later Task note) and is still the same message;
+- a message refused before is processed again when it comes again (the cause may be gone: the
+  operator registered the sender's key, say);
+- a refused message is archived with its reason (DESIGN.md rule 3) and answered with an
+  OperationOutcome, which the sender's outbox keeps as the dead letter's reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from records import ids, inbound, outbox, store
+from records.audit_log import Event
+from records.errors import FhirError, Forbidden, Invalid, NotFound, Unprocessable
+from records.service import RecordService
+from records.store import Stored
+from security import signing
+from security.principal import Principal
+from teleconsult import directory, lifecycle, messages, portable
+from teleconsult.messages import Message, key_of
+from teleconsult.routing import RouteRequest
+from teleconsult.service import PEER, SELF, SERVICE, Teleconsult, extension
+
+PROTOCOL = "fhir-msg"
+DECLINED = "urn:yilian:teleconsult-declined"  # Task extension: a member that rejected it
+
+
+class Inbox:
+    def __init__(self, records: RecordService, teleconsult: Teleconsult) -> None:
+        self.records = records
+        self.teleconsult = teleconsult
+
+    def process(self, peer: Principal, member: str, bundle: Any, raw: bytes) -> dict[str, Any]:
+        """Process one message from member ``member`` (its code); return the response Bundle."""
+        message = messages.parse(bundle)
+        if message.source != member:
+            raise Forbidden(
+                f"the message says it comes from {message.source or 'nobody'}, but the "
+                f"certificate names {member}"
+            )
+        digest = hashlib.sha256(raw).hexdigest()
+        with self.records.engine.connect() as conn:
+            earlier = inbound.same_control_id(conn, PROTOCOL, member, message.id)
+        for row in earlier:
+            if row.outcome == "accepted" and row.ack:
+                answer: dict[str, Any] = json.loads(row.ack)
+                return answer
+        # a refused message that comes again is a new attempt on its archive row
+        again = next((row.id for row in earlier if row.content_hash == digest), None)
+        archive_id = again or ids.new_id()
+        handler = self._handlers()[message.event]
+
+        def work(conn: Connection) -> tuple[dict[str, Any], list[Event]]:
+            touched, note = handler(conn, peer, message)
+            answer = messages.response(message.id, "ok", message.destination, note)
+            inbound.record(
+                conn,
+                archive_id,
+                new=again is None,
+                **self._archive(message, member, peer, digest, raw, "accepted"),
+                ack=json.dumps(answer, ensure_ascii=False).encode(),
+                ack_code="ok",
+                error=None,
+                resources=[f"{s.res_type}/{s.res_id}" for s in touched],
+                patient_id=next((s.patient_id for s in touched if s.patient_id), None),
+            )
+            patients = tuple({s.patient_id for s in touched if s.patient_id})
+            refs = tuple(f"{s.res_type}/{s.res_id}" for s in touched)
+            return answer, [Event(f"teleconsult-receive-{message.event}", refs, patients)]
+
+        try:
+            return self.records.run(peer, f"teleconsult-receive-{message.event}", work)
+        except FhirError as exc:
+            with self.records.engine.begin() as conn:
+                inbound.record(
+                    conn,
+                    archive_id,
+                    new=again is None,
+                    **self._archive(message, member, peer, digest, raw, "rejected"),
+                    error=exc.diagnostics,
+                    ack_code="error",
+                )
+            raise
+
+    def _handlers(
+        self,
+    ) -> dict[str, Callable[[Connection, Principal, Message], tuple[list[Stored], str | None]]]:
+        return {
+            "request": self._request,
+            "status": self._status,
+            "cancel": self._status,
+            "report": self._report,
+        }
+
+    @staticmethod
+    def _archive(
+        message: Message, member: str, peer: Principal, digest: str, raw: bytes, outcome: str
+    ) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL,
+            "origin": "https",
+            "sender": member,
+            "organization": peer.organization,
+            "control_id": message.id,
+            "content_hash": digest,
+            "message_type": message.event,
+            "raw": raw,
+            "outcome": outcome,
+        }
+
+    # -- request: a clinic asks this hospital ---------------------------------------------
+
+    def _request(
+        self, conn: Connection, peer: Principal, message: Message
+    ) -> tuple[list[Stored], str | None]:
+        task_in, sr_in = message.one("Task"), message.one("ServiceRequest")
+        key = key_of(task_in)
+        if key is None or key_of(sr_in) != key:
+            raise Invalid("the Task and ServiceRequest must carry the same request key")
+        here = directory.organization_of_code(conn, message.destination)
+        if here is None:
+            raise NotFound(f"{message.destination} is not a member this gateway serves")
+        owner = (task_in.get("owner") or {}).get("reference")
+        if owner != f"Organization/{here}":
+            raise Invalid(f"the Task is for {owner}, not {message.destination}")
+        existing = self.records.find_by_identifier(conn, "Task", messages.REQUEST_KEY_SYSTEM, key)
+        if existing:
+            return existing, "already received"
+        clinic = f"Organization/{peer.organization}"
+        patient_in = {**message.one("Patient"), "managingOrganization": {"reference": clinic}}
+        patient, _ = self.records.patient_by_identifiers(conn, peer, patient_in)
+        subject = {**(sr_in.get("subject") or {}), "reference": f"Patient/{patient.res_id}"}
+        sr_body = {
+            **sr_in,
+            "subject": subject,
+            "performer": [{"reference": f"Organization/{here}"}],
+            "supportingInfo": [self._local(conn, ref) for ref in sr_in.get("supportingInfo", [])],
+        }
+        if not sr_body["supportingInfo"]:
+            del sr_body["supportingInfo"]
+        sr, _ = self.records.create_in(conn, peer, "ServiceRequest", sr_body)
+        task_body = {
+            **task_in,
+            "status": lifecycle.RECEIVED,
+            "basedOn": [{"reference": f"ServiceRequest/{sr.res_id}"}],
+            "focus": {"reference": f"ServiceRequest/{sr.res_id}"},
+            "for": subject,
+            "requester": sr_in.get("requester") or {"reference": clinic},
+            "owner": {"reference": f"Organization/{here}"},
+            "extension": [
+                {"url": PEER, "valueString": message.source},
+                {"url": SELF, "valueString": message.destination},
+            ],
+        }
+        task, _ = self.records.create_in(conn, peer, "Task", task_body)
+        return [patient, sr, task], None
+
+    def _local(self, conn: Connection, ref: dict[str, Any]) -> dict[str, Any]:
+        """A reference by identifier, with the local resource beside it when this gateway
+        has it already (a study that arrived before the request)."""
+        ident = ref.get("identifier") or {}
+        rtype = ref.get("type") or ("ImagingStudy" if "dicom" in str(ident.get("system")) else None)
+        if not rtype or not ident.get("system") or not ident.get("value"):
+            return ref
+        found = self.records.find_by_identifier(conn, rtype, ident["system"], ident["value"])
+        if found:
+            return {**ref, "reference": f"{rtype}/{found[0].res_id}"}
+        return ref
+
+    # -- status and cancel: the other side moved its Task ---------------------------------
+
+    def _shared_task(self, conn: Connection, message: Message) -> tuple[Stored, dict[str, Any]]:
+        """The Task a message is about: found by its key, shared with the sender."""
+        key = key_of(message.one("Task"))
+        if key is None:
+            raise Invalid("the Task carries no request key", expression=["Task.identifier"])
+        found = self.records.find_by_identifier(conn, "Task", messages.REQUEST_KEY_SYSTEM, key)
+        if not found:
+            raise NotFound(f"no request {key} here")
+        body = found[0].json()
+        if extension(body, PEER) != message.source:
+            raise Forbidden(f"request {key} is not shared with {message.source}")
+        return found[0], body
+
+    def _status(
+        self, conn: Connection, peer: Principal, message: Message
+    ) -> tuple[list[Stored], str | None]:
+        task_in = message.one("Task")
+        task, body = self._shared_task(conn, message)
+        status = task_in.get("status")
+        if message.event == "cancel":
+            status = lifecycle.CANCELLED
+            outbox.cancel_subject(conn, task.res_id, reason="cancelled by the requester")
+        if body.get("status") == status:
+            return [task], "no change"
+        body["status"] = status
+        body["lastModified"] = task_in.get("lastModified") or body.get("lastModified")
+        if task_in.get("statusReason"):
+            body["statusReason"] = task_in["statusReason"]
+        stored, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
+        if status == lifecycle.REJECTED and extension(body, SERVICE):
+            stored = self._reroute(conn, stored, message.source)
+        return [stored], None
+
+    # -- report: the hospital's signed report comes back ----------------------------------
+
+    def _report(
+        self, conn: Connection, peer: Principal, message: Message
+    ) -> tuple[list[Stored], str | None]:
+        task, body = self._shared_task(conn, message)
+        report_in, provenance_in = message.one("DiagnosticReport"), message.one("Provenance")
+        signatures = provenance_in.get("signature") or []
+        if not signatures:
+            raise Invalid("a report comes with its signature", expression=["Provenance.signature"])
+        keys = directory.trusted_keys(conn, peer.organization or "")
+        if not keys:
+            raise Forbidden(
+                f"no report-signing key of {message.source} is registered here; an operator "
+                f"adds it with `yilian consortium trust {message.source} KEY.json`"
+            )
+        try:
+            signing.verify_signature(portable.signed_form(report_in), signatures[0], keys)
+        except signing.SignatureInvalid as exc:
+            raise Unprocessable(
+                f"the report's signature does not hold ({exc}); it was not filed"
+            ) from None
+        report = {
+            **report_in,
+            "subject": {**report_in.get("subject", {}), "reference": body["for"]["reference"]},
+            "basedOn": [{**report_in["basedOn"][0], "reference": body["focus"]["reference"]}],
+        }
+        if portable.signed_form(report) != portable.signed_form(report_in):
+            raise Unprocessable("the report cannot be filed as it was signed")
+        stored, _ = self.records.create_in(conn, peer, "DiagnosticReport", report)
+        provenance = {
+            **provenance_in,
+            "target": [{"reference": f"DiagnosticReport/{stored.res_id}"}],
+        }
+        prov, _ = self.records.create_in(conn, peer, "Provenance", provenance)
+        body["status"] = lifecycle.COMPLETED
+        body["lastModified"] = message.one("Task").get("lastModified") or body.get("lastModified")
+        body["output"] = [
+            {
+                "type": {"text": "report"},
+                "valueReference": {"reference": f"DiagnosticReport/{stored.res_id}"},
+            }
+        ]
+        done, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
+        return [stored, prov, done], None
+
+    def _reroute(self, conn: Connection, task: Stored, declined_by: str) -> Stored:
+        """A hospital declined: route the request elsewhere, unless nobody else can take it
+        (the Task then stays rejected for the doctor to decide)."""
+        from security.principal import SYSTEM
+
+        body = task.json()
+        declined = [e["valueString"] for e in body.get("extension", []) if e.get("url") == DECLINED]
+        declined.append(declined_by)
+        sr = store.read(conn, "ServiceRequest", body["focus"]["reference"].split("/")[1]).json()
+        kind = sr["category"][0]["coding"][0]["code"]
+        request = RouteRequest(
+            kind,
+            body.get("priority", "routine"),
+            None,
+            extension(body, SELF),
+            frozenset(declined),
+        )
+        try:
+            decision = self.teleconsult.decide(conn, request)
+        except FhirError:
+            body.setdefault("note", []).append(
+                {"text": "无其他医院可接收 no other hospital can take it"}
+            )
+            stored, _ = self.records.update_in(conn, SYSTEM, "Task", task.res_id, body)
+            return stored
+        body["extension"] = [
+            *body.get("extension", []),
+            {"url": DECLINED, "valueString": declined_by},
+        ]
+        body["status"] = lifecycle.REQUESTED
+        self.teleconsult.assign(body, decision)
+        sr["performer"] = self.teleconsult.performer(decision)
+        self.records.update_in(conn, SYSTEM, "ServiceRequest", sr["id"], sr)
+        stored, _ = self.records.update_in(conn, SYSTEM, "Task", task.res_id, body)
+        self.teleconsult.dispatch(conn, stored.json() | {"id": task.res_id}, decision)
+        return stored
