@@ -36,6 +36,7 @@ class Member:
     ctx: Context
     port: int = 0
     secrets: dict[str, str] = field(default_factory=dict)  # peer client secrets issued here
+    dicom_port: int = 0  # the DICOM SCP's, when it runs
 
     @property
     def base(self) -> str:
@@ -71,12 +72,15 @@ class Member:
         assert len(found) == 1, f"{self.code} holds {len(found)} Tasks for {key}"
         return found[0].json() | {"id": found[0].res_id}
 
-    def point_at(self, other: Member, *, kind: str = directory.FHIR, address: str = "") -> None:
-        """Give this member's directory the other member's endpoint, switched on."""
-        organization = demo.org(other.code)
-        body = directory.endpoint_body(
-            organization, kind, address or f"{other.base}/fhir", active=True
-        )
+    def point_at(
+        self, other: Member | str, *, kind: str = directory.FHIR, address: str = ""
+    ) -> None:
+        """Give this member's directory the other member's endpoint (a running member, or a
+        member code with ``address``), switched on."""
+        code = other if isinstance(other, str) else other.code
+        address = address or f"{other.base}/fhir"  # type: ignore[union-attr]
+        body = directory.endpoint_body(demo.org(code), kind, address, active=True)
+        organization = demo.org(code)
         with self.ctx.engine.begin() as conn:
             store.write(conn, "Endpoint", directory.endpoint_id(organization, kind), body, "PUT")
 
@@ -158,7 +162,8 @@ def running_member(
                 )
         app = create_app(settings, ctx)
         port = stack.enter_context(serving(app, settings, lifespan="on"))
-        yield Member(code, settings, ctx, port, secrets)
+        dicom = getattr(app.state, "dicom", None)
+        yield Member(code, settings, ctx, port, secrets, dicom.port if dicom else 0)
 
 
 @pytest.fixture
