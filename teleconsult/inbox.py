@@ -73,7 +73,7 @@ class Inbox:
                 new=again is None,
                 **self._archive(message, member, peer, digest, raw, "accepted"),
                 ack=json.dumps(answer, ensure_ascii=False).encode(),
-                ack_code="ok",
+                ack_code="AA",  # the column holds HL7-style codes: accepted
                 error=None,
                 resources=[f"{s.res_type}/{s.res_id}" for s in touched],
                 patient_id=next((s.patient_id for s in touched if s.patient_id), None),
@@ -92,7 +92,7 @@ class Inbox:
                     new=again is None,
                     **self._archive(message, member, peer, digest, raw, "rejected"),
                     error=exc.diagnostics,
-                    ack_code="error",
+                    ack_code="AR",  # refused
                 )
             raise
 
