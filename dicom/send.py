@@ -5,8 +5,9 @@ when the destination has a client context.
     report.sent     # SOP Instance UIDs the peer stored (success or warning status)
     report.failed   # (SOP Instance UID, DIMSE status, reason): the peer refused that instance
 
-A refused instance is a value in the report; a connection or association that could not be made,
-or broke, is a ``SendError`` that says whether retrying can help (``permanent``).
+A refused instance is a value in the report (also one whose SOP class and syntax the peer did
+not accept: status 0x0122); a connection or association that could not be made, or broke, is a
+``SendError`` that says whether retrying can help (``permanent``).
 
 One association carries all files (several only when they need more than 128 presentation
 contexts). Each file is proposed with its own SOP Class and transfer syntax, read from its file
@@ -16,21 +17,21 @@ The bytes sent are the bytes stored. pynetdicom 3.0's ``send_c_store`` takes a f
 ``_config.STORE_SEND_CHUNKED_DATASET`` set, it reads the file meta information, seeks past it and
 reads the dataset from the file one PDU at a time (``DIMSEMessage.encode_msg``), without decoding
 or encoding it; the accepted transfer syntax must then be the file's own. Without the flag it
-would ``dcmread`` the whole file and encode it again. More pynetdicom facts, handled here:
+would ``dcmread`` the whole file and encode it again. Two more facts make the streaming real:
 - PDUs go to the connection through an unbounded queue (``DULServiceProvider.send_pdu``), so a
   file is read as fast as the disk allows, not as fast as the peer takes it: ``_pace`` holds the
   reader back when a few MB are queued.
 - A peer that accepts PDUs of any length (maximum length 0, as Yilian's SCP does) would have the
   whole dataset read in one piece: ``_cap_pdu_length`` sends at most 1 MiB per PDU (smaller PDUs
   than the peer's maximum are always allowed).
-- Its association thread can take a C-STORE answer meant for ``send_c_store`` and drop it (a
-  race in pausing that thread): ``_answers_to_the_sender`` keeps answers for the sender.
 A 1 GB instance thus passes through a few MB of memory. Only a file whose syntax the peer did
 not accept, while it took the other Little Endian one, is decoded and encoded (in memory).
 
-pynetdicom logs TLS and socket errors instead of raising them; ``_TlsWatch`` stands in for the
-destination's context, so the first error of the connection, and whether it came while
-connecting, during the TLS handshake or after it, is known when the association fails.
+Two pynetdicom races are worked around: its association thread can take a C-STORE answer meant
+for ``send_c_store`` and drop it (``_answers_to_the_sender``), and a quick A-ASSOCIATE-RJ can be
+reported as an abort (``_Seen``). pynetdicom logs TLS and socket errors instead of raising them:
+``_TlsWatch`` stands in for the destination's context, so the most telling error of the
+connection, and whether it came while connecting, in the TLS handshake or after it, is known.
 """
 
 from __future__ import annotations

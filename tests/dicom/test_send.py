@@ -170,6 +170,7 @@ def test_plain_dicom_to_a_tls_only_pacs_fails(tls_pacs: Orthanc) -> None:
     with pytest.raises(SendError) as caught:
         send(samples(), to(tls_pacs, None), timeout=5)
     assert "does it expect TLS?" in caught.value.reason
+    assert not caught.value.permanent  # to us, like a peer that went away mid-association
     assert tls_pacs.instances() == []
 
 
