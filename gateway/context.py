@@ -20,7 +20,7 @@ from records.outbox import Backoff
 from records.service import RecordService
 from security import signing
 from security.access import AccessPolicy
-from security.tls import certificate_expiry, client_context
+from security.tls import certificate_expiry, certificate_file_common_name, client_context
 from security.tokens import TokenIssuer, load_or_create_signing_key
 from teleconsult import lifecycle
 from teleconsult.delivery import Courier, Credentials, DeliverySettings
@@ -105,7 +105,7 @@ class Context:
             hl7,
             dicom,
             teleconsult,
-            Inbox(records, teleconsult),
+            Inbox(records, teleconsult, served_members(settings)),
             courier,
             executor,
         )
@@ -116,6 +116,15 @@ class Context:
             self.hl7.stager.close()
         self.hl7.close()
         self.engine.dispose()
+
+
+def served_members(settings: Settings) -> frozenset[str]:
+    """The members this gateway receives messages for: the one its consortium client
+    certificate names (none without one: it then takes no messages)."""
+    if not settings.consortium_tls_cert:
+        return frozenset()
+    name = certificate_file_common_name(settings.consortium_tls_cert)
+    return frozenset({name} if name else ())
 
 
 def delivery_settings(settings: Settings) -> DeliverySettings:

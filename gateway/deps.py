@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from gateway.context import Context
-from records.errors import Unauthorized
-from security.principal import Principal
+from records.errors import Forbidden, Unauthorized
+from security.principal import Principal, Role
 from security.tls import certificate_common_name
 from security.tokens import InvalidToken
 
@@ -22,6 +22,9 @@ def client_address(request: Request) -> str | None:
     return f"{request.client.host}" if request.client else None
 
 
+PROCESS_MESSAGE = "/fhir/$process-message"
+
+
 def current_principal(request: Request, ctx: Annotated[Context, Depends(get_context)]) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -33,6 +36,9 @@ def current_principal(request: Request, ctx: Annotated[Context, Depends(get_cont
         principal = ctx.tokens.verify(token.strip())
     except InvalidToken as exc:
         raise Unauthorized(f"the bearer token is not valid: {exc}") from None
+    if principal.role == Role.PEER and request.url.path != PROCESS_MESSAGE:
+        # a member gateway's credentials deliver messages and do nothing else
+        raise Forbidden(f"a member gateway's token is good for POST {PROCESS_MESSAGE} only")
     return principal.with_source(client_address(request))
 
 

@@ -245,14 +245,35 @@ def failed(
 
 
 def cancel_subject(conn: Connection, subject: str, *, reason: str) -> int:
-    """In the caller's transaction: drop the waiting deliveries of a cancelled request (one in
-    flight finishes, or loses its lease on renewal)."""
+    """In the caller's transaction: drop the waiting deliveries of a cancelled request. A row
+    in flight (under a live lease) is left to finish, so what follows it (the cancel message)
+    still goes out after it."""
+    now = _now()
     result = conn.execute(
         update(outbox)
-        .where(outbox.c.subject == subject, outbox.c.status == PENDING)
-        .values(status=CANCELLED, last_error=reason, updated=_now(), lease_until=None)
+        .where(
+            outbox.c.subject == subject,
+            outbox.c.status == PENDING,
+            or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+        )
+        .values(status=CANCELLED, last_error=reason, updated=now, leased_by=None)
     )
     return int(result.rowcount)
+
+
+def sent_or_sending(conn: Connection, subject: str, destination: str, topic: str) -> bool:
+    """Whether a row of this subject and topic went, or is still going, to the destination."""
+    found = conn.execute(
+        select(outbox.c.seq)
+        .where(
+            outbox.c.subject == subject,
+            outbox.c.destination == destination,
+            outbox.c.topic == topic,
+            outbox.c.status.in_([PENDING, DELIVERED]),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def requeue(engine: Engine, entry_id: str) -> Entry | None:

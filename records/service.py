@@ -246,6 +246,7 @@ class RecordService:
                 return existing[0], False
         rid = rid or ids.new_id()
         self._check_guard(who, rtype, None, body)
+        self._check_prior_reach(conn, rtype, rid, body, scope)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "POST")
         self._check_reach(conn, rtype, rid, scope, deferred)
@@ -293,6 +294,7 @@ class RecordService:
                     f"If-Match {if_match} but the current version is {have or 'none'}"
                 )
         self._check_guard(who, rtype, existing.json() if live and existing else None, body)
+        self._check_prior_reach(conn, rtype, rid, body, scope)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "PUT")
         self._check_reach(conn, rtype, rid, scope, deferred)
@@ -309,6 +311,22 @@ class RecordService:
             raise Forbidden(
                 f"this {rtype} would belong to a patient outside your organization's reach"
             )
+
+    def _check_prior_reach(
+        self, conn: Connection, rtype: str, rid: str, body: dict[str, Any], scope: Scope
+    ) -> None:
+        """A write must not bring a patient within reach: the patient whose compartment it
+        joins must be visible before it is written (a ServiceRequest naming the writer as
+        requester or performer would otherwise open any resident's record). A patient not yet
+        written (created in the same transaction) is checked after, by ``_check_reach``."""
+        if rtype == "Patient" or scope.patients is None:
+            return
+        patient, _ = store.compartment(conn, rtype, rid, body)
+        if patient is None or store.current(conn, "Patient", patient) is None:
+            return
+        before = Scope(patients=scope.patients, include_unowned=False)
+        if not self.visible(conn, "Patient", patient, before):
+            raise Forbidden(f"this {rtype} would belong to a patient outside your reach")
 
     def check_deferred(self, conn: Connection, deferred: Deferred) -> None:
         for rtype, rid, scope in deferred:

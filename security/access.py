@@ -203,7 +203,7 @@ class AccessPolicy:
         if not who.organization:
             return Decision(True, Scope(patients=PatientSet(), include_unowned=False))
         patients = PatientSet(managed_by=who.organization, routed_to=who.organization)
-        return Decision(True, Scope(patients=patients))
+        return Decision(True, Scope(patients=patients, include_unowned=False))
 
     @staticmethod
     def _directory_read_only(action: Action) -> Decision:

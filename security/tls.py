@@ -61,3 +61,10 @@ def certificate_expiry(cert: StrPath) -> datetime:
     """When the (first) certificate in a PEM file stops being valid."""
     loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
     return loaded.not_valid_after_utc
+
+
+def certificate_file_common_name(cert: StrPath) -> str | None:
+    """The common name of the (first) certificate in a PEM file."""
+    loaded = x509.load_pem_x509_certificate(Path(cert).read_bytes())
+    names = loaded.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None

@@ -129,9 +129,7 @@ class Courier:
                     f"Endpoint/{entry.destination} is not in the directory", permanent=True
                 )
             if not target.active:
-                raise DeliveryError(
-                    f"Endpoint/{target.id} is {'off'}: waiting for it", permanent=False
-                )
+                raise DeliveryError(f"Endpoint/{target.id} is off: waiting for it", permanent=False)
             code = directory.organization_code(conn, target.organization) or ""
             if entry.channel == directory.FHIR:
                 bundle = self.outgoing(conn, entry, code)
@@ -242,8 +240,11 @@ class Courier:
             "Authorization": f"Bearer {self._token(target, code)}",
         }
         response = self._http(lambda c: c.post(url, json=bundle, headers=headers))
-        if response.status_code == 401:
+        if response.status_code == 401:  # the token expired or the member's key turned
             self._tokens.pop(code, None)
+            raise DeliveryError(
+                "the member did not take our token; a new one next time", permanent=False
+            )
         self._judge(response, "the message")
 
     def _token(self, target: directory.Endpoint, code: str) -> str:
@@ -382,10 +383,17 @@ class Courier:
             permanent=exc.permanent,
             backoff=self.settings.backoff,
         )
-        if status == outbox.DEAD and entry.topic == "request":
-            with self.engine.connect() as conn:
-                task = store.current(conn, "Task", entry.payload["task"])
-            if task is not None and task.json()["status"] in (lifecycle.REQUESTED,):
+        task_id = entry.payload.get("task")
+        with self.engine.connect() as conn:
+            task = store.current(conn, "Task", task_id) if task_id else None
+        if task is None or task.deleted:
+            return
+        if task.json()["status"] == lifecycle.CANCELLED and status == outbox.PENDING:
+            # cancelled while this attempt was under way: no further attempts
+            with self.engine.begin() as conn:
+                outbox.cancel_subject(conn, task.res_id, reason="the request was cancelled")
+        elif status == outbox.DEAD and entry.topic == "request":
+            if task.json()["status"] == lifecycle.REQUESTED:
                 self._move(task, lifecycle.FAILED, f"could not be delivered: {exc.reason}")
 
     def _move(self, task: Stored, status: str, reason: str | None) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy import Connection
 
 from records import ids, inbound, outbox, store
 from records.audit_log import Event
-from records.errors import FhirError, Forbidden, Invalid, NotFound, Unprocessable
+from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, Unprocessable
 from records.service import RecordService
 from records.store import Stored
 from security import signing
@@ -36,13 +36,32 @@ from teleconsult.routing import RouteRequest
 from teleconsult.service import PEER, SELF, SERVICE, Teleconsult, extension
 
 PROTOCOL = "fhir-msg"
+UID_SYSTEM = "urn:dicom:uid"
+_REQUEST_FIELDS = (
+    "resourceType", "identifier", "status", "intent", "category", "code", "priority",
+    "authoredOn", "reasonCode", "note",
+)  # fmt: skip
+_TASK_FIELDS = (
+    "resourceType", "identifier", "intent", "priority", "code", "authoredOn", "lastModified",
+    "restriction", "note",
+)  # fmt: skip
+
+
+def _pick(body: Any, *keys: str) -> dict[str, Any]:
+    """Only the named elements of what a member sent."""
+    return {k: body[k] for k in keys if k in body} if isinstance(body, dict) else {}
+
+
 DECLINED = "urn:yilian:teleconsult-declined"  # Task extension: a member that rejected it
 
 
 class Inbox:
-    def __init__(self, records: RecordService, teleconsult: Teleconsult) -> None:
+    def __init__(
+        self, records: RecordService, teleconsult: Teleconsult, served: frozenset[str]
+    ) -> None:
         self.records = records
         self.teleconsult = teleconsult
+        self.served = served  # member codes this gateway receives for (its certificate's)
 
     def process(self, peer: Principal, member: str, bundle: Any, raw: bytes) -> dict[str, Any]:
         """Process one message from member ``member`` (its code); return the response Bundle."""
@@ -131,9 +150,7 @@ class Inbox:
         key = key_of(task_in)
         if key is None or key_of(sr_in) != key:
             raise Invalid("the Task and ServiceRequest must carry the same request key")
-        here = directory.organization_of_code(conn, message.destination)
-        if here is None:
-            raise NotFound(f"{message.destination} is not a member this gateway serves")
+        here = self._served(conn, message)
         owner = (task_in.get("owner") or {}).get("reference")
         if owner != f"Organization/{here}":
             raise Invalid(f"the Task is for {owner}, not {message.destination}")
@@ -141,25 +158,38 @@ class Inbox:
         if existing:
             return existing, "already received"
         clinic = f"Organization/{peer.organization}"
-        patient_in = {**message.one("Patient"), "managingOrganization": {"reference": clinic}}
-        patient, _ = self.records.patient_by_identifiers(conn, peer, patient_in)
-        subject = {**(sr_in.get("subject") or {}), "reference": f"Patient/{patient.res_id}"}
-        sr_body = {
-            **sr_in,
-            "subject": subject,
-            "performer": [{"reference": f"Organization/{here}"}],
-            "supportingInfo": [self._local(conn, ref) for ref in sr_in.get("supportingInfo", [])],
+        # only what a request says is taken from it; every reference is this gateway's own
+        patient_in = {
+            **_pick(
+                message.one("Patient"), "resourceType", "identifier", "name", "gender", "birthDate"
+            ),
+            "managingOrganization": {"reference": clinic},
         }
-        if not sr_body["supportingInfo"]:
-            del sr_body["supportingInfo"]
+        patient, _ = self.records.patient_by_identifiers(conn, peer, patient_in)
+        subject = {
+            **_pick(sr_in.get("subject") or {}, "identifier", "display"),
+            "reference": f"Patient/{patient.res_id}",
+        }
+        requester = {**_pick(sr_in.get("requester") or {}, "display"), "reference": clinic}
+        sr_body = {
+            **_pick(sr_in, *_REQUEST_FIELDS),
+            "subject": subject,
+            "requester": requester,
+            "performer": [{"reference": f"Organization/{here}"}],
+        }
+        studies = [
+            self._study(conn, ref, patient.res_id) for ref in sr_in.get("supportingInfo", [])
+        ]
+        if any(studies):
+            sr_body["supportingInfo"] = [s for s in studies if s]
         sr, _ = self.records.create_in(conn, peer, "ServiceRequest", sr_body)
         task_body = {
-            **task_in,
+            **_pick(task_in, *_TASK_FIELDS),
             "status": lifecycle.RECEIVED,
             "basedOn": [{"reference": f"ServiceRequest/{sr.res_id}"}],
             "focus": {"reference": f"ServiceRequest/{sr.res_id}"},
             "for": subject,
-            "requester": sr_in.get("requester") or {"reference": clinic},
+            "requester": requester,
             "owner": {"reference": f"Organization/{here}"},
             "extension": [
                 {"url": PEER, "valueString": message.source},
@@ -169,17 +199,27 @@ class Inbox:
         task, _ = self.records.create_in(conn, peer, "Task", task_body)
         return [patient, sr, task], None
 
-    def _local(self, conn: Connection, ref: dict[str, Any]) -> dict[str, Any]:
-        """A reference by identifier, with the local resource beside it when this gateway
-        has it already (a study that arrived before the request)."""
-        ident = ref.get("identifier") or {}
-        rtype = ref.get("type") or ("ImagingStudy" if "dicom" in str(ident.get("system")) else None)
-        if not rtype or not ident.get("system") or not ident.get("value"):
-            return ref
-        found = self.records.find_by_identifier(conn, rtype, ident["system"], ident["value"])
-        if found:
-            return {**ref, "reference": f"{rtype}/{found[0].res_id}"}
-        return ref
+    def _served(self, conn: Connection, message: Message) -> str:
+        """The Organization id of the member a message is for, if this gateway serves it."""
+        here = directory.organization_of_code(conn, message.destination)
+        if here is None or message.destination not in self.served:
+            raise NotFound(f"{message.destination} is not a member this gateway serves")
+        return here
+
+    def _study(self, conn: Connection, ref: Any, patient: str) -> dict[str, Any] | None:
+        """A study the request names, by Study Instance UID, with this gateway's ImagingStudy
+        beside it when it has arrived already and belongs to the same resident."""
+        ident = (ref.get("identifier") or {}) if isinstance(ref, dict) else {}
+        if ident.get("system") != UID_SYSTEM or not isinstance(ident.get("value"), str):
+            return None
+        out: dict[str, Any] = {
+            "type": "ImagingStudy",
+            "identifier": _pick(ident, "system", "value"),
+        }
+        found = self.records.find_by_identifier(conn, "ImagingStudy", UID_SYSTEM, ident["value"])
+        if found and found[0].patient_id == patient:
+            out["reference"] = f"ImagingStudy/{found[0].res_id}"
+        return out
 
     # -- status and cancel: the other side moved its Task ---------------------------------
 
@@ -238,17 +278,24 @@ class Inbox:
             raise Unprocessable(
                 f"the report's signature does not hold ({exc}); it was not filed"
             ) from None
+        self._same_request(conn, body, report_in, signatures[0], peer)
         report = {
             **report_in,
-            "subject": {**report_in.get("subject", {}), "reference": body["for"]["reference"]},
+            "subject": {**report_in["subject"], "reference": body["for"]["reference"]},
             "basedOn": [{**report_in["basedOn"][0], "reference": body["focus"]["reference"]}],
         }
-        if portable.signed_form(report) != portable.signed_form(report_in):
-            raise Unprocessable("the report cannot be filed as it was signed")
         stored, _ = self.records.create_in(conn, peer, "DiagnosticReport", report)
-        provenance = {
-            **provenance_in,
+        provenance = {  # made here from what was checked, not taken as sent
+            "resourceType": "Provenance",
             "target": [{"reference": f"DiagnosticReport/{stored.res_id}"}],
+            "recorded": signatures[0]["when"],
+            "agent": [
+                {
+                    "who": _pick(report_in["performer"][0], "identifier", "display"),
+                    "onBehalfOf": {"reference": f"Organization/{peer.organization}"},
+                }
+            ],
+            "signature": [signatures[0]],
         }
         prov, _ = self.records.create_in(conn, peer, "Provenance", provenance)
         body["status"] = lifecycle.COMPLETED
@@ -261,6 +308,30 @@ class Inbox:
         ]
         done, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
         return [stored, prov, done], None
+
+    def _same_request(
+        self,
+        conn: Connection,
+        task: dict[str, Any],
+        report: dict[str, Any],
+        signature: dict[str, Any],
+        peer: Principal,
+    ) -> None:
+        """A signed report is filed only on the request and the resident it was written for,
+        signed by the hospital that sends it."""
+        if task.get("status") not in (lifecycle.ACCEPTED, lifecycle.IN_PROGRESS):
+            raise Conflict(f"the request is {task.get('status')}: it takes no report now")
+        based_on = (report.get("basedOn") or [{}])[0]
+        if based_on.get("identifier") != messages.request_key(key_of(task) or ""):
+            raise Invalid("the report is based on another request", expression=["basedOn"])
+        patient = store.read(conn, "Patient", task["for"]["reference"].split("/")[1]).json()
+        known = [_pick(i, "system", "value") for i in patient.get("identifier", [])]
+        if (report.get("subject") or {}).get("identifier") not in known:
+            raise Invalid("the report is about another resident", expression=["subject"])
+        if (signature.get("who") or {}).get("reference") != f"Organization/{peer.organization}":
+            raise Invalid("the report is signed for another organization", expression=["who"])
+        if not report.get("performer"):
+            raise Invalid("the report names who read it", expression=["performer"])
 
     def _reroute(self, conn: Connection, task: Stored, declined_by: str) -> Stored:
         """A hospital declined: route the request elsewhere, unless nobody else can take it

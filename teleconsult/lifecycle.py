@@ -26,7 +26,7 @@ NEXT: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({RECEIVED, REJECTED, CANCELLED, FAILED}),
     RECEIVED: frozenset({ACCEPTED, REJECTED, CANCELLED, FAILED}),
     ACCEPTED: frozenset({IN_PROGRESS, ON_HOLD, COMPLETED, CANCELLED, FAILED}),
-    REJECTED: frozenset({REQUESTED}),
+    REJECTED: frozenset({REQUESTED, CANCELLED}),
     IN_PROGRESS: frozenset({ON_HOLD, COMPLETED, FAILED, CANCELLED}),
     ON_HOLD: frozenset({IN_PROGRESS, FAILED, CANCELLED}),
     COMPLETED: frozenset(),
@@ -41,7 +41,8 @@ FIRST = frozenset({DRAFT, REQUESTED})  # what a new request's Task may start as
 # legal move: it records what happened at the other end.
 _BY_ROLE: dict[Role, frozenset[str]] = {
     Role.TOWNSHIP_DOCTOR: frozenset({DRAFT, REQUESTED, CANCELLED}),
-    Role.SPECIALIST: frozenset({ACCEPTED, REJECTED, IN_PROGRESS, ON_HOLD, COMPLETED, FAILED}),
+    # completed comes with the report (``Teleconsult.report``), never by hand
+    Role.SPECIALIST: frozenset({ACCEPTED, REJECTED, IN_PROGRESS, ON_HOLD, FAILED}),
 }
 _ANY_MOVE = frozenset({Role.SYSTEM, Role.PEER})
 

@@ -26,13 +26,13 @@ from sqlalchemy import Connection, select
 
 from records import ids, outbox, store
 from records.audit_log import Event
-from records.errors import Invalid, NotFound, Unprocessable
+from records.errors import Forbidden, Invalid, NotFound, Unprocessable
 from records.schema import dicom_instance
 from records.service import RecordService
 from records.store import Stored
 from security import signing
 from security.access import Action
-from security.principal import Principal
+from security.principal import SYSTEM, Principal, Role
 from teleconsult import directory, lifecycle
 from teleconsult.messages import key_of, request_key
 from teleconsult.portable import signed_form
@@ -170,6 +170,9 @@ class Teleconsult:
             return Submitted(sr, task, decision), [event]
 
         return self.records.run(who, "teleconsult-request", work, about=[form.patient])
+
+    def visible_task(self, conn: Connection, who: Principal, task_id: str) -> Stored:
+        return self._visible(conn, who, "Task", task_id)
 
     def _visible(self, conn: Connection, who: Principal, rtype: str, rid: str) -> Stored:
         scope = self.records.scope(who, rtype, Action.READ)
@@ -357,6 +360,7 @@ class Teleconsult:
         def work(conn: Connection) -> tuple[Stored, list[Event]]:
             current = self._visible(conn, who, "Task", task_id)
             body = current.json()
+            self._check_side(who, body)
             before = body.get("status")
             body["status"] = status
             body["lastModified"] = _now()
@@ -375,6 +379,16 @@ class Teleconsult:
 
         return self.records.run(who, "teleconsult-status", work, about=[f"Task/{task_id}"])
 
+    @staticmethod
+    def _check_side(who: Principal, task: dict[str, Any]) -> None:
+        """A specialist moves the Tasks their hospital owns; a township doctor the requests
+        made here (which carry the department they were routed to)."""
+        if who.role == Role.SPECIALIST:
+            if task.get("owner", {}).get("reference") != f"Organization/{who.organization}":
+                raise Forbidden("this request is owned by another hospital")
+        elif who.role == Role.TOWNSHIP_DOCTOR and not extension(task, SERVICE):
+            raise Forbidden("this request was made at another member; its hospital moves it")
+
     def tell_peer(
         self, conn: Connection, task: dict[str, Any], topic: str = "status", **more: str
     ) -> None:
@@ -387,6 +401,10 @@ class Teleconsult:
             return
         if topic == "status" and task["status"] == lifecycle.CANCELLED:
             outbox.cancel_subject(conn, task["id"], reason="the request was cancelled")
+            if extension(task, SERVICE) and not outbox.sent_or_sending(
+                conn, task["id"], target.id, "request"
+            ):
+                return  # the hospital never had it: nothing to tell
             topic = "cancel"
         outbox.enqueue(
             conn,
@@ -405,6 +423,7 @@ class Teleconsult:
         items = [
             ("owner", f"Organization/{who.organization}"),
             ("status", ",".join(statuses)),
+            ("_count", str(self.records.max_count)),
         ]
         found = self.records.search(who, "Task", items).matches
 
@@ -438,8 +457,16 @@ class ReportWriting:
         records = self.t.records
 
         def work(conn: Connection) -> tuple[tuple[Stored, Stored], list[Event]]:
-            task = self.t._visible(conn, who, "Task", task_id)
+            if who.role != Role.SPECIALIST:
+                raise Forbidden("reports are written by specialists")
+            task = self.t.visible_task(conn, who, task_id)
             body = task.json()
+            self.t._check_side(who, body)
+            if body.get("status") not in (lifecycle.ACCEPTED, lifecycle.IN_PROGRESS):
+                raise Unprocessable(
+                    f"the request is {body.get('status')}: accept it before reporting",
+                    expression=["Task.status"],
+                )
             key = task_key(body)
             portable = self.portable(conn, who, body, key, form)
             local = self.localise(conn, portable, body)
@@ -454,7 +481,8 @@ class ReportWriting:
                     "valueReference": {"reference": f"DiagnosticReport/{report.res_id}"},
                 }
             ]
-            stored, _ = records.update_in(conn, who, "Task", task_id, body)
+            # completed is the report's doing, not a move the specialist makes by hand
+            stored, _ = records.update_in(conn, SYSTEM, "Task", task_id, body)
             self.t.tell_peer(conn, stored.json() | {"id": task_id}, "report", report=report.res_id)
             refs = (
                 f"DiagnosticReport/{report.res_id}",

@@ -405,3 +405,127 @@ def test_a_report_from_a_key_nobody_registered_is_refused_and_dead_lettered(pair
     outbox.requeue(hospital.ctx.engine, row.id)
     hospital.deliver()
     assert township.task(key)["status"] == "completed"
+
+
+# -- what a member may not do (from a review of the exchange) ---------------------------------
+
+
+def test_a_member_gateways_token_is_good_for_process_message_only(pair, consortium_ca):
+    township, hospital = pair
+    peer = _peer_token(hospital, TOWNSHIP)
+    with httpx.Client(verify=consortium_ca.client_context(TOWNSHIP)) as client:
+        for method, path in [
+            ("GET", "/fhir/Patient"),
+            ("GET", "/api/teleconsult/worklist"),
+            ("POST", "/fhir/Task/x/$accept"),
+            ("GET", "/dicomweb/studies"),
+        ]:
+            answer = client.request(method, f"{hospital.base}{path}", headers=peer)
+            assert answer.status_code == 403, (path, answer.text)
+            assert "$process-message only" in answer.text
+
+
+def test_a_write_cannot_bring_another_clinics_resident_within_reach(pair, consortium_ca):
+    township, _ = pair
+    foreign = "demo-zhang-guilan"  # managed by Heping, not Xingfu
+    request = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{foreign}"},
+        "requester": {"reference": "Practitioner/doctor-xingfu"},
+    }
+    with township.api(consortium_ca) as api:
+        doctor = township.token("doctor.xingfu")
+        made = api.post("/fhir/ServiceRequest", json=request, headers=doctor)
+        assert made.status_code == 403, made.text
+        assert api.get(f"/fhir/Patient/{foreign}", headers=doctor).status_code == 404
+        refused = api.post(
+            "/api/teleconsult/requests",
+            json={"kind": "consultation", "patient": foreign},
+            headers=doctor,
+        )
+        assert refused.status_code == 404
+
+
+def test_a_message_for_a_member_this_gateway_does_not_serve_is_refused(pair, consortium_ca):
+    township, hospital = pair
+    _request(township, consortium_ca)
+    [row] = township.outbox()
+    with township.ctx.engine.connect() as conn:
+        bundle = township.ctx.courier.outgoing(conn, row, "CITY_CENTRAL")
+    bundle["entry"][1]["resource"]["owner"] = {"reference": "Organization/CITY-CENTRAL"}
+    with pytest.raises(Exception, match="404") as refused:
+        township.ctx.courier._post(_endpoint(township), HOSPITAL, bundle)
+    assert "not a member this gateway serves" in str(refused.value)
+
+
+def test_a_signed_report_is_filed_only_on_its_own_request(pair, consortium_ca):
+    township, hospital = pair
+    _trust(township, hospital)
+    key_one, one = _accepted_request(township, hospital, consortium_ca)
+    key_two, _ = _accepted_request(township, hospital, consortium_ca)
+    _write_report(hospital, one, consortium_ca)
+    [row] = [e for e in hospital.outbox() if e.topic == "report"]
+    with hospital.ctx.engine.connect() as conn:
+        bundle = hospital.ctx.courier.outgoing(conn, row, TOWNSHIP)
+    # the same report, signed again by the hospital, but sent as the answer to request two
+    from security import signing
+    from teleconsult import messages as msg
+    from teleconsult.portable import signed_form
+
+    task, report = bundle["entry"][1]["resource"], bundle["entry"][2]["resource"]
+    task["identifier"] = [msg.request_key(key_two)]
+    provenance = bundle["entry"][3]["resource"]
+    provenance["signature"] = [
+        signing.provenance_signature(
+            signed_form(report),
+            hospital.ctx.teleconsult.signing_key,
+            hospital.ctx.teleconsult.key_id,
+            "Organization/CITY-FIRST",
+            datetime.now(UTC),
+        )
+    ]
+    bundle["id"] = "another-message"
+    with pytest.raises(Exception, match="based on another request"):
+        hospital.ctx.courier._post(_hospital_endpoint(hospital), TOWNSHIP, bundle)
+    assert township.task(key_two)["status"] == "in-progress"
+
+
+def _hospital_endpoint(hospital: Member):  # type: ignore[no-untyped-def]
+    from teleconsult import directory
+
+    with hospital.ctx.engine.connect() as conn:
+        found = directory.endpoint(conn, "XINGFU-THC", directory.FHIR)
+    assert found is not None
+    return found
+
+
+def test_completed_comes_with_a_report_and_a_report_needs_an_accepted_request(pair, consortium_ca):
+    township, hospital = pair
+    key = _request(township, consortium_ca)["task"]["key"]
+    township.deliver()
+    there = hospital.task(key)
+    with hospital.api(consortium_ca) as api:
+        specialist = hospital.token("specialist.city")
+        early = api.post(
+            f"/api/teleconsult/requests/{there['id']}/report",
+            json={"conclusion": "未见异常"},
+            headers=specialist,
+        )
+        assert early.status_code == 422 and "accept it before reporting" in early.text
+        api.post(f"/fhir/Task/{there['id']}/$accept", headers=specialist)
+        by_hand = api.post(
+            f"/api/teleconsult/requests/{there['id']}/status",
+            json={"status": "completed"},
+            headers=specialist,
+        )
+        assert by_hand.status_code == 422 and "does not move a Task to completed" in by_hand.text
+
+
+def test_cancelling_a_request_never_delivered_sends_no_cancel(pair, consortium_ca):
+    township, hospital = pair
+    made = _request(township, consortium_ca)["task"]
+    with township.api(consortium_ca) as api:
+        api.post(f"/fhir/Task/{made['id']}/$cancel", headers=township.token("doctor.xingfu"))
+    assert [(e.topic, e.status) for e in township.outbox()] == [("request", "cancelled")]
