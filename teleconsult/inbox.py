@@ -365,6 +365,8 @@ class Inbox:
         body["status"] = lifecycle.REQUESTED
         self.teleconsult.assign(body, decision)
         sr["performer"] = self.teleconsult.performer(decision)
+        # what still waited to go to the hospital that declined goes nowhere now
+        outbox.cancel_subject(conn, task.res_id, reason=f"declined by {declined_by}")
         self.records.update_in(conn, SYSTEM, "ServiceRequest", sr["id"], sr)
         stored, _ = self.records.update_in(conn, SYSTEM, "Task", task.res_id, body)
         self.teleconsult.dispatch(conn, stored.json() | {"id": task.res_id}, decision)

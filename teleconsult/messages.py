@@ -93,7 +93,11 @@ def parse(bundle: Any) -> Message:
     if not isinstance(message_id, str) or not message_id:
         raise Invalid("a message Bundle needs its id (the message id)", expression=["Bundle.id"])
     entries = bundle.get("entry") or []
-    header = entries[0].get("resource", {}) if entries else {}
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("resource"), dict) for e in entries
+    ):
+        raise Invalid("every entry of a message holds a resource", expression=["Bundle.entry"])
+    header = entries[0]["resource"] if entries else {}
     if header.get("resourceType") != "MessageHeader":
         raise Invalid("the first entry must be a MessageHeader", expression=["Bundle.entry[0]"])
     coding = header.get("eventCoding") or {}
@@ -110,7 +114,7 @@ def parse(bundle: Any) -> Message:
         destination=str(((header.get("destination") or [{}])[0]).get("name", "")),
     )
     for entry in entries[1:]:
-        body = entry.get("resource") or {}
+        body = entry["resource"]
         rtype = body.get("resourceType")
         if not isinstance(rtype, str):
             raise Invalid("an entry without a resource", expression=["Bundle.entry"])

@@ -529,3 +529,23 @@ def test_cancelling_a_request_never_delivered_sends_no_cancel(pair, consortium_c
     with township.api(consortium_ca) as api:
         api.post(f"/fhir/Task/{made['id']}/$cancel", headers=township.token("doctor.xingfu"))
     assert [(e.topic, e.status) for e in township.outbox()] == [("request", "cancelled")]
+
+
+def test_a_malformed_message_gets_an_operation_outcome_not_a_server_error(pair, consortium_ca):
+    township, hospital = pair
+    peer = _peer_token(hospital, TOWNSHIP)
+    header = {
+        "resourceType": "MessageHeader",
+        "eventCoding": {"system": "urn:yilian:teleconsult-event", "code": "request"},
+        "source": {"name": TOWNSHIP},
+    }
+    bad = {
+        "resourceType": "Bundle",
+        "type": "message",
+        "id": "m-1",
+        "entry": [{"resource": header}, "not an entry"],
+    }
+    with httpx.Client(verify=consortium_ca.client_context(TOWNSHIP)) as client:
+        answer = client.post(f"{hospital.base}/fhir/$process-message", json=bad, headers=peer)
+    assert answer.status_code == 400
+    assert "every entry of a message holds a resource" in answer.text
