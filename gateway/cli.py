@@ -10,27 +10,9 @@ from pathlib import Path
 
 import click
 
-from gateway.settings import Settings, load_settings
+from gateway.cli_common import _context, _settings, config_option
+from gateway.cli_teleconsult import consortium, outbox_group
 from records.db import reader
-
-
-def _settings(config: Path | None) -> Settings:
-    return load_settings(config)
-
-
-def _context(config: Path | None):  # type: ignore[no-untyped-def]
-    from gateway.context import Context
-
-    return Context.build(_settings(config))
-
-
-config_option = click.option(
-    "--config",
-    "config",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="TOML settings file; YILIAN_* environment variables win over it.",
-)
 
 
 @click.group()
@@ -420,9 +402,8 @@ def db_upgrade(config: Path | None) -> None:
     click.echo("schema is current")
 
 
+main.add_command(consortium)
+main.add_command(outbox_group)
+
 if __name__ == "__main__":
     main()
-
-
-# the remote-diagnosis commands register themselves on ``main``
-import gateway.cli_teleconsult  # noqa: E402,F401

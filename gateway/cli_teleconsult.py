@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from gateway.cli import _context, config_option, main
+from gateway.cli_common import _context, config_option
 
 
-@main.group()
+@click.group()
 def consortium() -> None:
     """The consortium directory: members, their endpoints and reading departments."""
 
@@ -131,7 +131,7 @@ def consortium_trust(member: str, jwk_file: Path, config: Path | None) -> None:
     click.echo(f"{member}: reports are now checked with this key too")
 
 
-@main.group("outbox")
+@click.group("outbox")
 def outbox_group() -> None:
     """Deliveries to other members: list, read, send again."""
 
