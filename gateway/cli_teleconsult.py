@@ -15,6 +15,16 @@ def consortium() -> None:
     """The consortium directory: members, their endpoints and reading departments."""
 
 
+def _member(conn, code: str) -> str:  # type: ignore[no-untyped-def]
+    """The Organization id of a member code, or the command stops saying it is unknown."""
+    from teleconsult import directory
+
+    organization = directory.organization_of_code(conn, code)
+    if organization is None:
+        raise click.ClickException(f"{code} is not a member in the directory")
+    return organization
+
+
 @consortium.command("list")
 @config_option
 def consortium_list(config: Path | None) -> None:
@@ -65,9 +75,7 @@ def consortium_endpoint(
     ctx = _context(config)
     try:
         with ctx.engine.begin() as conn:
-            organization = directory.organization_of_code(conn, member)
-            if organization is None:
-                raise click.ClickException(f"{member} is not a member in the directory")
+            organization = _member(conn, member)
             changes = [(directory.FHIR, fhir_url), (directory.DICOM, dicom_url)]
             if off:
                 changes = [(e.kind, e.address) for e in directory.endpoints(conn, organization)]
@@ -116,9 +124,7 @@ def consortium_trust(member: str, jwk_file: Path, config: Path | None) -> None:
     ctx = _context(config)
     try:
         with ctx.engine.begin() as conn:
-            organization = directory.organization_of_code(conn, member)
-            if organization is None:
-                raise click.ClickException(f"{member} is not a member in the directory")
+            organization = _member(conn, member)
             body = store.read(conn, "Organization", organization).json()
             try:
                 body = directory.with_trusted_key(body, json.loads(jwk_file.read_text()))

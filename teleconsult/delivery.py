@@ -42,7 +42,7 @@ from records.service import RecordService
 from records.store import Stored
 from security.principal import SYSTEM
 from teleconsult import directory, lifecycle, messages, portable
-from teleconsult.service import SELF, Teleconsult, extension, task_key
+from teleconsult.service import SELF, Teleconsult, extension, practitioner_name, task_key
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +189,13 @@ class Courier:
         clinic = (patient.get("managingOrganization") or {}).get("reference")
         ref: dict[str, Any] = {"reference": clinic} if clinic else {}
         who = (sr.get("requester") or {}).get("reference", "")
-        if who.startswith("Practitioner/"):
-            found = store.current(conn, "Practitioner", who.removeprefix("Practitioner/"))
-            names = found.json().get("name", []) if found and not found.deleted else []
-            if names and names[0].get("text"):
-                ref["display"] = names[0]["text"]
+        name = (
+            practitioner_name(conn, who.split("/", 1)[1])
+            if who.startswith("Practitioner/")
+            else None
+        )
+        if name:
+            ref["display"] = name
         return ref
 
     @staticmethod

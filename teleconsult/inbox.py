@@ -298,14 +298,9 @@ class Inbox:
             "signature": [signatures[0]],
         }
         prov, _ = self.records.create_in(conn, peer, "Provenance", provenance)
-        body["status"] = lifecycle.COMPLETED
-        body["lastModified"] = message.one("Task").get("lastModified") or body.get("lastModified")
-        body["output"] = [
-            {
-                "type": {"text": "report"},
-                "valueReference": {"reference": f"DiagnosticReport/{stored.res_id}"},
-            }
-        ]
+        lifecycle.completed_with_report(
+            body, stored.res_id, message.one("Task").get("lastModified")
+        )
         done, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
         return [stored, prov, done], None
 

@@ -47,6 +47,19 @@ _BY_ROLE: dict[Role, frozenset[str]] = {
 _ANY_MOVE = frozenset({Role.SYSTEM, Role.PEER})
 
 
+def completed_with_report(task: dict[str, Any], report_id: str, modified: str | None) -> None:
+    """Close a Task with the report it asked for (both sides do this when a report is made or
+    arrives)."""
+    task["status"] = COMPLETED
+    task["lastModified"] = modified or task.get("lastModified")
+    task["output"] = [
+        {
+            "type": {"text": "report"},
+            "valueReference": {"reference": f"DiagnosticReport/{report_id}"},
+        }
+    ]
+
+
 def allowed(current: str | None, new: str) -> bool:
     if current is None:
         return new in STATUSES

@@ -78,10 +78,6 @@ class Message:
             )
         return found[0]
 
-    def maybe(self, rtype: str) -> dict[str, Any] | None:
-        found = self.resources.get(rtype, [])
-        return found[0] if found else None
-
 
 def parse(bundle: Any) -> Message:
     """Check the shape of a message Bundle; refuse with an OperationOutcome naming the part."""

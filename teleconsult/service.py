@@ -473,14 +473,7 @@ class ReportWriting:
             report, _ = records.create_in(conn, who, "DiagnosticReport", local)
             provenance = self.provenance(who, report.res_id, portable)
             prov, _ = records.create_in(conn, who, "Provenance", provenance)
-            body["status"] = lifecycle.COMPLETED
-            body["lastModified"] = _now()
-            body["output"] = [
-                {
-                    "type": {"text": "report"},
-                    "valueReference": {"reference": f"DiagnosticReport/{report.res_id}"},
-                }
-            ]
+            lifecycle.completed_with_report(body, report.res_id, _now())
             # completed is the report's doing, not a move the specialist makes by hand
             stored, _ = records.update_in(conn, SYSTEM, "Task", task_id, body)
             self.t.tell_peer(conn, stored.json() | {"id": task_id}, "report", report=report.res_id)
@@ -500,14 +493,12 @@ class ReportWriting:
         kind = ((task.get("code") or {}).get("coding") or [{}])[0].get("code", "consultation")
         reader: dict[str, Any] = {"display": who.username}
         if who.practitioner_id:
-            found = store.current(conn, "Practitioner", who.practitioner_id)
-            names = found.json().get("name", []) if found and not found.deleted else []
             reader = {
                 "identifier": {
                     "system": f"urn:yilian:practitioner:{who.organization}",
                     "value": who.practitioner_id,
                 },
-                "display": (names[0].get("text") if names else None) or who.username,
+                "display": practitioner_name(conn, who.practitioner_id) or who.username,
             }
         report: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
@@ -557,6 +548,13 @@ class ReportWriting:
             "agent": [{"who": reader, "onBehalfOf": {"reference": hospital}}],
             "signature": [signature],
         }
+
+
+def practitioner_name(conn: Connection, practitioner_id: str) -> str | None:
+    """How a Practitioner's name is written (its first name's text), if the record has one."""
+    found = store.current(conn, "Practitioner", practitioner_id)
+    names = found.json().get("name", []) if found and not found.deleted else []
+    return str(names[0]["text"]) if names and names[0].get("text") else None
 
 
 def task_key(task: dict[str, Any]) -> str:
