@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, exists, func, insert, or_, select, update
 
 from records import ids
+from records.db import reader
 from records.schema import outbox
 
 PENDING, DELIVERED, DEAD, CANCELLED = "pending", "delivered", "dead", "cancelled"
@@ -164,6 +165,11 @@ def claim(
     """Take the next row due, if any, for ``lease``; the attempt is counted now, so a worker
     that dies mid-delivery still moves the row towards its backoff."""
     now = now or _now()
+    # look first without the write lock: an idle worker polls, and on SQLite a writing
+    # transaction would make ingest wait behind every poll
+    with reader(engine).connect() as conn:
+        if conn.execute(_claimable(now, channels)).first() is None:
+            return None
     with engine.begin() as conn:
         row = conn.execute(_claimable(now, channels)).first()
         if row is None:
@@ -291,7 +297,7 @@ def requeue(engine: Engine, entry_id: str) -> Entry | None:
 
 
 def get(engine: Engine, entry_id: str) -> Entry | None:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         row = conn.execute(select(outbox).where(outbox.c.id == entry_id)).first()
     return Entry.of(row) if row else None
 
@@ -308,7 +314,7 @@ def listing(
         query = query.where(outbox.c.status == status)
     if subject:
         query = query.where(outbox.c.subject == subject)
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return [Entry.of(row) for row in conn.execute(query)]
 
 
@@ -324,7 +330,7 @@ class Depth:
 
 
 def depth(engine: Engine) -> Depth:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         counts = {
             row.status: row.n
             for row in conn.execute(

@@ -36,6 +36,7 @@ from dicom.send import Destination, SendError, send
 from dicom.storage import ObjectStore
 from records import outbox, store
 from records.audit_log import Event
+from records.db import reader
 from records.errors import FhirError
 from records.outbox import Backoff, Entry
 from records.service import RecordService
@@ -122,7 +123,7 @@ class Courier:
                 "renew consortium_tls_cert (nothing was sent)",
                 permanent=True,
             )
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             target = directory.endpoint_by_id(conn, entry.destination)
             if target is None:
                 raise DeliveryError(
@@ -313,7 +314,7 @@ class Courier:
                 "the destination wants DICOM over TLS and this gateway has no client certificate",
                 permanent=True,
             )
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             rows = index.study_rows(conn, entry.payload["study"])
         paths = [Path(self.objects.path(row.storage_key)) for row in rows]
         if not paths:
@@ -351,7 +352,7 @@ class Courier:
 
     def _after_delivery(self, entry: Entry) -> None:
         task_id = entry.payload.get("task")
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             task = store.current(conn, "Task", task_id) if task_id else None
         patients = (task.patient_id,) if task and task.patient_id else ()
         self.records.audit(
@@ -386,7 +387,7 @@ class Courier:
             backoff=self.settings.backoff,
         )
         task_id = entry.payload.get("task")
-        with self.engine.connect() as conn:
+        with reader(self.engine).connect() as conn:
             task = store.current(conn, "Task", task_id) if task_id else None
         if task is None or task.deleted:
             return

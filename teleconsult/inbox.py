@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 
 from records import ids, inbound, outbox, store
 from records.audit_log import Event
+from records.db import reader
 from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, Unprocessable
 from records.service import RecordService
 from records.store import Stored
@@ -72,7 +73,7 @@ class Inbox:
                 f"certificate names {member}"
             )
         digest = hashlib.sha256(raw).hexdigest()
-        with self.records.engine.connect() as conn:
+        with reader(self.records.engine).connect() as conn:
             earlier = inbound.same_control_id(conn, PROTOCOL, member, message.id)
         for row in earlier:
             if row.outcome == "accepted" and row.ack:
