@@ -371,12 +371,14 @@ class Courier:
             self._move(task, lifecycle.RECEIVED, None)
 
     def _failed(self, entry: Entry, exc: DeliveryError) -> None:
+        # the log gets what kind of failure it was; the whole reason, which may quote the
+        # other member's answer about a resident, stays in the outbox row for the operator
         log.warning(
-            "delivery of outbox row %s to %s failed (%s): %s",
+            "delivery of outbox row %s to %s failed (%s): %s; `yilian outbox show` has the rest",
             entry.id,
             entry.destination,
             "permanent" if exc.permanent else f"attempt {entry.attempts}",
-            exc.reason,
+            exc.reason.split(":", 1)[0],
         )
         status = outbox.failed(
             self.engine,
