@@ -59,7 +59,7 @@ def consortium_list(config: Path | None) -> None:
     "--fhir", "fhir_url", default=None, help="the member gateway's FHIR base (https://...)"
 )
 @click.option(
-    "--dicom", "dicom_url", default=None, help="dicoms://AE_TITLE@host:port (or dicom://)"
+    "--dicom", "dicom_url", default=None, help="dicoms://AE_TITLE@host:port (DICOM over TLS)"
 )
 @click.option("--off", is_flag=True, help="switch the member's endpoints off (deliveries wait)")
 @config_option
@@ -86,9 +86,9 @@ def consortium_endpoint(
                 found = directory.endpoint(conn, organization, kind)
                 rid = found.id if found else directory.endpoint_id(organization, kind)
                 checked = directory.Endpoint.of(rid, body)
-                if checked is not None and kind == directory.DICOM:
+                if checked is not None:
                     try:
-                        checked.dicom_parts()
+                        checked.check()
                     except directory.DirectoryError as exc:
                         raise click.ClickException(str(exc)) from None
                 store.write(conn, "Endpoint", rid, body, "PUT")

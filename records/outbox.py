@@ -3,27 +3,34 @@
 ``enqueue`` runs inside the caller's unit of work, so a request that exists is one that will be
 delivered. Workers then ``claim`` one row at a time in short transactions of their own:
 
-- only a destination's oldest undelivered row can be claimed, so one destination's rows arrive in
-  the order they were written; a destination whose head is in flight or waiting for its retry
-  holds back its later rows and no one else's;
-- a claimed row carries a lease; the worker renews it while a long delivery runs (``renew``) and
-  a worker that dies leaves it to expire, after which the row is claimed again. On PostgreSQL
-  the claiming SELECT takes ``FOR UPDATE SKIP LOCKED``, so several gateway processes share the
-  outbox without two of them taking the same row; SQLite's writers take turns anyway;
-- a failed attempt is retried after an exponential backoff with full jitter; a permanent failure
-  or too many attempts makes the row ``dead``, with its reason, until an operator requeues it.
+- rows of one subject (a request) to one destination go out in the order they were written
+  (the request before its cancellation); a row in flight or waiting for its retry holds back
+  only the later rows of its own subject there, never another request's;
+- a claimed row carries a lease under a token of its own (``Entry.leased_by``): the worker
+  renews it while a long delivery runs (``renew``), and a worker that dies leaves it to expire,
+  after which the row is claimed again under a new token. Outcomes are recorded only under the
+  token that claimed the row. On PostgreSQL the claiming SELECT takes
+  ``FOR UPDATE SKIP LOCKED``, so several gateway processes share the outbox without two of them
+  taking the same row; SQLite's writers take turns anyway;
+- a failed attempt is retried after an exponential backoff with jitter; a permanent failure or
+  too many attempts makes the row ``dead``, with its reason, until an operator requeues it; a
+  fault of this gateway's own configuration (an endpoint switched off, no credentials, our
+  certificate expired) ``hold``s the row: it waits without using up its attempts;
+- ``Doorbell`` wakes this process's idle workers when a transaction that enqueued rows commits;
+  other processes find the rows when they next poll.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, event, exists, func, insert, or_, select, update
 
 from records import ids
 from records.db import reader
@@ -127,15 +134,59 @@ def enqueue(
             updated=now,
         )
     )
+    conn.info[_RANG] = True  # the doorbell rings when this transaction commits
     return entry_id
+
+
+_RANG = "yilian.outbox.enqueued"  # in Connection.info, which is its pooled connection's info
+_bells: dict[Engine, list[threading.Event]] = {}
+_bells_lock = threading.Lock()
+
+
+class Doorbell:
+    """Rings when a connection of ``engine`` that enqueued rows comes back to the pool with them
+    committed, so idle workers of this process start at once instead of at their next poll.
+    (The pool's check-in comes after the commit; SQLAlchemy's ``commit`` event comes before it,
+    when a worker woken would not see the rows yet.)"""
+
+    def __init__(self, engine: Engine) -> None:
+        self.event = threading.Event()
+        with _bells_lock:
+            if engine not in _bells:
+                bells: list[threading.Event] = []
+                _bells[engine] = bells
+
+                def checked_in(_dbapi: Any, record: Any) -> None:
+                    if record is not None and record.info.pop(_RANG, False):
+                        for bell in bells:
+                            bell.set()
+
+                event.listen(engine.pool, "checkin", checked_in)
+                event.listen(engine, "rollback", _rolled_back)
+            _bells[engine].append(self.event)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until rung or ``timeout``; True when rung."""
+        rung = self.event.wait(timeout)
+        self.event.clear()
+        return rung
+
+
+def _rolled_back(conn: Connection) -> None:
+    conn.info.pop(_RANG, None)
 
 
 def _claimable(now: datetime, channels: Sequence[str] | None):  # type: ignore[no-untyped-def]
     earlier = outbox.alias("earlier")
+    same_subject = or_(
+        earlier.c.subject == outbox.c.subject,
+        and_(earlier.c.subject.is_(None), outbox.c.subject.is_(None)),
+    )
     head = ~exists().where(
         earlier.c.destination == outbox.c.destination,
         earlier.c.status == PENDING,
         earlier.c.seq < outbox.c.seq,
+        same_subject,
     )
     query = (
         select(outbox)
@@ -162,8 +213,9 @@ def claim(
     channels: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> Entry | None:
-    """Take the next row due, if any, for ``lease``; the attempt is counted now, so a worker
-    that dies mid-delivery still moves the row towards its backoff."""
+    """Take the next row due, if any, for ``lease``, under a token of its own
+    (``Entry.leased_by``); the attempt is counted now, so a worker that dies mid-delivery still
+    moves the row towards its backoff."""
     now = now or _now()
     # look first without the write lock: an idle worker polls, and on SQLite a writing
     # transaction would make ingest wait behind every poll
@@ -174,12 +226,13 @@ def claim(
         row = conn.execute(_claimable(now, channels)).first()
         if row is None:
             return None
+        token = f"{ids.new_id()[:16]}@{worker}"[:64]
         conn.execute(
             update(outbox)
             .where(outbox.c.seq == row.seq)
             .values(
                 lease_until=now + lease,
-                leased_by=worker,
+                leased_by=token,
                 attempts=outbox.c.attempts + 1,
                 updated=now,
             )
@@ -188,65 +241,79 @@ def claim(
     return Entry.of(claimed)
 
 
-def _held(entry: Entry, worker: str):  # type: ignore[no-untyped-def]
-    return and_(outbox.c.seq == entry.seq, outbox.c.leased_by == worker, outbox.c.status == PENDING)
+def _held(entry: Entry):  # type: ignore[no-untyped-def]
+    """The row as long as it is still under the lease ``entry`` was claimed with."""
+    return and_(
+        outbox.c.seq == entry.seq,
+        outbox.c.leased_by == entry.leased_by,
+        outbox.c.status == PENDING,
+    )
 
 
-def renew(engine: Engine, entry: Entry, worker: str, lease: timedelta) -> bool:
-    """Extend the lease of a long delivery; False when the row is no longer this worker's
+def renew(engine: Engine, entry: Entry, lease: timedelta) -> bool:
+    """Extend the lease of a long delivery; False when the row is no longer under this claim
     (the lease ran out and someone else took it, or the request was cancelled)."""
     now = _now()
     with engine.begin() as conn:
         result = conn.execute(
-            update(outbox).where(_held(entry, worker)).values(lease_until=now + lease, updated=now)
+            update(outbox).where(_held(entry)).values(lease_until=now + lease, updated=now)
         )
     return result.rowcount == 1
 
 
-def delivered(engine: Engine, entry: Entry, worker: str) -> bool:
+def delivered(conn: Connection, entry: Entry) -> bool:
+    """In the caller's transaction (with what the delivery changes in the record): the row is
+    delivered. False when it is no longer under this claim."""
     now = _now()
-    with engine.begin() as conn:
-        result = conn.execute(
-            update(outbox)
-            .where(_held(entry, worker))
-            .values(
-                status=DELIVERED,
-                delivered=now,
-                lease_until=None,
-                leased_by=None,
-                last_error=None,
-                updated=now,
-            )
+    result = conn.execute(
+        update(outbox)
+        .where(_held(entry))
+        .values(
+            status=DELIVERED,
+            delivered=now,
+            lease_until=None,
+            leased_by=None,
+            last_error=None,
+            updated=now,
         )
+    )
     return result.rowcount == 1
 
 
 def failed(
-    engine: Engine,
+    conn: Connection,
     entry: Entry,
-    worker: str,
     error: str,
     *,
-    permanent: bool,
+    permanent: bool = False,
     backoff: Backoff,
-) -> str:
-    """Record a failed attempt: the row waits for its retry, or is dead. Returns its status."""
+    hold: timedelta | None = None,
+) -> str | None:
+    """In the caller's transaction: record a failed attempt. The row waits for its retry, is
+    held for ``hold`` without the attempt counting (a fault of our own configuration, which an
+    operator mends), or is dead. Returns its status, or None when it is no longer under this
+    claim."""
     now = _now()
-    dead = permanent or entry.attempts >= backoff.max_attempts
+    dead = hold is None and (permanent or entry.attempts >= backoff.max_attempts)
     values: dict[str, Any] = {
         "lease_until": None,
         "leased_by": None,
         "last_error": error[:2000],
         "updated": now,
     }
-    if dead:
+    if hold is not None:
+        values["next_attempt"] = now + hold
+        values["attempts"] = outbox.c.attempts - 1
+        values["last_error"] = f"held: {error}"[:2000]
+    elif dead:
         values["status"] = DEAD
         if not permanent:
             values["last_error"] = f"gave up after {entry.attempts} attempts: {error}"[:2000]
     else:
         values["next_attempt"] = now + backoff.delay(entry.attempts)
-    with engine.begin() as conn:
-        conn.execute(update(outbox).where(_held(entry, worker)).values(**values))
+    result = conn.execute(update(outbox).where(_held(entry)).values(**values))
+    if result.rowcount != 1:
+        return None
     return DEAD if dead else PENDING
 
 

@@ -33,7 +33,8 @@ T = TypeVar("T")
 Deferred = list[tuple[str, str, Scope]]
 # A rule a write of one type must keep (who, the current JSON or None, the new JSON); it raises
 # a FhirError to refuse. Registered by the package that owns the rule (teleconsult: Task).
-Guard = Callable[[Principal, dict[str, Any] | None, dict[str, Any]], None]
+# a guard sees (who, the live body before or None, the body to be written or None to delete)
+Guard = Callable[[Principal, dict[str, Any] | None, dict[str, Any] | None], None]
 
 
 @dataclass
@@ -67,7 +68,7 @@ class RecordService:
         self.guards: dict[str, Guard] = {}
 
     def guard(self, rtype: str, rule: Guard) -> None:
-        """Run ``rule`` on every create and update of ``rtype``, whoever writes it."""
+        """Run ``rule`` on every create, update and delete of ``rtype``, whoever writes it."""
         self.guards[rtype] = rule
 
     # -- the unit of work ------------------------------------------------------------------
@@ -346,10 +347,12 @@ class RecordService:
         existing = store.current(conn, rtype, rid)
         if existing is None or not self.visible(conn, rtype, rid, scope):
             raise NotFound(f"{rtype}/{rid} is not known")
+        if not existing.deleted:
+            self._check_guard(who, rtype, existing.json(), None)
         return store.remove(conn, rtype, rid)
 
     def _check_guard(
-        self, who: Principal, rtype: str, old: dict[str, Any] | None, new: dict[str, Any]
+        self, who: Principal, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None
     ) -> None:
         rule = self.guards.get(rtype)
         if rule is not None:

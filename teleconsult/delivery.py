@@ -7,8 +7,12 @@
   row's lease as instances go.
 
 The outcome decides what happens to the row: delivered; retried later (connection refused,
-timeout, 5xx, 408, 429); dead with the reason (TLS refused, other 4xx, a message the member
-refused). A request that can never be delivered fails its Task, so the doctor sees it.
+timeout, 5xx, 408, 409, 429); held without using up its attempts when the fault is this
+gateway's own configuration (an endpoint switched off or not TLS, no credentials, our
+certificate expired: an operator mends it); dead with the reason (TLS refused, other 4xx, a
+message the member refused). Each outcome is recorded in one unit of work with what it means
+for the Task: a delivered request is ``received`` there, a request that can never be delivered
+fails its Task, so the doctor sees it.
 Workers run as threads of ``yilian serve`` (``Workers``); every process sharing the database
 may run them (``records.outbox`` keeps them from taking the same row).
 """
@@ -49,10 +53,14 @@ log = logging.getLogger(__name__)
 
 
 class DeliveryError(Exception):
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    """Why a delivery did not happen: ``permanent`` (dead letter), ``held`` (our configuration:
+    wait for the operator without using up attempts), else transient (retry with backoff)."""
+
+    def __init__(self, reason: str, *, permanent: bool = False, held: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.held = held
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class DeliverySettings:
     credentials: dict[str, Credentials] = field(default_factory=dict)  # by member code
     lease: timedelta = timedelta(seconds=60)
     backoff: Backoff = field(default_factory=Backoff)
+    hold: timedelta = timedelta(seconds=60)  # how long a row waits on a configuration fault
     poll: float = 1.0
     timeout: float = 30.0
 
@@ -109,8 +118,7 @@ class Courier:
                 entry, DeliveryError(f"internal error: {type(exc).__name__}", permanent=False)
             )
         else:
-            if outbox.delivered(self.engine, entry, self.name):
-                self._after_delivery(entry)
+            self._delivered(entry)
         return entry
 
     # -- one row ----------------------------------------------------------------------------
@@ -121,7 +129,7 @@ class Courier:
             raise DeliveryError(
                 f"this gateway's client certificate expired at {expires.isoformat()}: "
                 "renew consortium_tls_cert (nothing was sent)",
-                permanent=True,
+                held=True,
             )
         with reader(self.engine).connect() as conn:
             target = directory.endpoint_by_id(conn, entry.destination)
@@ -130,7 +138,11 @@ class Courier:
                     f"Endpoint/{entry.destination} is not in the directory", permanent=True
                 )
             if not target.active:
-                raise DeliveryError(f"Endpoint/{target.id} is off: waiting for it", permanent=False)
+                raise DeliveryError(f"Endpoint/{target.id} is off: waiting for it", held=True)
+            try:
+                target.check()
+            except directory.DirectoryError as exc:
+                raise DeliveryError(f"{exc} (nothing was sent)", held=True) from None
             code = directory.organization_code(conn, target.organization) or ""
             if entry.channel == directory.FHIR:
                 bundle = self.outgoing(conn, entry, code)
@@ -259,7 +271,7 @@ class Courier:
             raise DeliveryError(
                 f"no credentials for {code}: set peer_credentials.{code} (client_id, "
                 "client_secret) in the gateway's settings",
-                permanent=False,
+                held=True,
             )
         url = urljoin(target.address, "/auth/token")
         form = {
@@ -302,14 +314,15 @@ class Courier:
             detail = response.json()["issue"][0]["diagnostics"]
         except Exception:  # noqa: BLE001 - any body: show its start
             detail = response.text[:300]
-        transient = response.status_code >= 500 or response.status_code in (408, 429)
+        # 409: the member's record was busy with the same Task at that instant
+        transient = response.status_code >= 500 or response.status_code in (408, 409, 429)
         raise DeliveryError(
             f"{what} was answered {response.status_code}: {detail}", permanent=not transient
         )
 
     def _send_study(self, entry: Entry, target: directory.Endpoint) -> None:
-        ae_title, host, port, tls = target.dicom_parts()
-        if tls and self.settings.tls is None:
+        ae_title, host, port = target.dicom_parts()
+        if self.settings.tls is None:
             raise DeliveryError(
                 "the destination wants DICOM over TLS and this gateway has no client certificate",
                 permanent=True,
@@ -324,14 +337,14 @@ class Courier:
             port,
             ae_title,
             calling_ae=self.settings.calling_ae,
-            tls=self.settings.tls if tls else None,
+            tls=self.settings.tls,
         )
         last = [time.monotonic()]
 
         def progress(_uid: str) -> None:
             if time.monotonic() - last[0] > self.settings.lease.total_seconds() / 3:
                 last[0] = time.monotonic()
-                if not outbox.renew(self.engine, entry, self.name, self.settings.lease):
+                if not outbox.renew(self.engine, entry, self.settings.lease):
                     raise DeliveryError(
                         "the row was taken back (lease lost or cancelled)", permanent=False
                     )
@@ -350,62 +363,84 @@ class Courier:
 
     # -- after the outcome ---------------------------------------------------------------------
 
-    def _after_delivery(self, entry: Entry) -> None:
+    def _delivered(self, entry: Entry) -> None:
+        """The row is delivered, and a request the member now holds is ``received`` here, in
+        one unit of work (the member's answers, which may come at once, find it so)."""
         task_id = entry.payload.get("task")
-        with reader(self.engine).connect() as conn:
+
+        def work(conn: Connection) -> tuple[None, list[Event]]:
+            if not outbox.delivered(conn, entry):
+                return None, []  # no longer our claim: its holder records the outcome
             task = store.current(conn, "Task", task_id) if task_id else None
-        patients = (task.patient_id,) if task and task.patient_id else ()
-        self.records.audit(
-            SYSTEM,
-            Event(
-                f"teleconsult-deliver-{entry.topic}",
-                (f"Task/{task_id}", f"Endpoint/{entry.destination}"),
-                patients,
-            ),
-        )
-        if (
-            entry.topic == "request"
-            and task is not None
-            and task.json()["status"] == lifecycle.REQUESTED
-        ):
-            self._move(task, lifecycle.RECEIVED, None)
+            patients = (task.patient_id,) if task and task.patient_id else ()
+            events = [
+                Event(
+                    f"teleconsult-deliver-{entry.topic}",
+                    (f"Task/{task_id}", f"Endpoint/{entry.destination}"),
+                    patients,
+                )
+            ]
+            if entry.topic == "request" and self._is(task, lifecycle.REQUESTED):
+                events += self._move(conn, task, lifecycle.RECEIVED, None)
+            return None, events
+
+        self.records.run(SYSTEM, f"teleconsult-deliver-{entry.topic}", work)
 
     def _failed(self, entry: Entry, exc: DeliveryError) -> None:
         # the log gets what kind of failure it was; the whole reason, which may quote the
         # other member's answer about a resident, stays in the outbox row for the operator
+        kind = "held" if exc.held else "permanent" if exc.permanent else "will retry"
         log.warning(
-            "delivery of outbox row %s to %s failed (%s): %s; `yilian outbox show` has the rest",
+            "delivery of outbox row %s to %s failed (%s, attempt %d): %s; "
+            "`yilian outbox show` has the rest",
             entry.id,
             entry.destination,
-            "permanent" if exc.permanent else f"attempt {entry.attempts}",
+            kind,
+            entry.attempts,
             exc.reason.split(":", 1)[0],
         )
-        status = outbox.failed(
-            self.engine,
-            entry,
-            self.name,
-            exc.reason,
-            permanent=exc.permanent,
-            backoff=self.settings.backoff,
-        )
         task_id = entry.payload.get("task")
-        with reader(self.engine).connect() as conn:
-            task = store.current(conn, "Task", task_id) if task_id else None
-        if task is None or task.deleted:
-            return
-        if task.json()["status"] == lifecycle.CANCELLED and status == outbox.PENDING:
-            # cancelled while this attempt was under way: no further attempts
-            with self.engine.begin() as conn:
-                outbox.cancel_subject(conn, task.res_id, reason="the request was cancelled")
-        elif status == outbox.DEAD and entry.topic == "request":
-            if task.json()["status"] == lifecycle.REQUESTED:
-                self._move(task, lifecycle.FAILED, f"could not be delivered: {exc.reason}")
 
-    def _move(self, task: Stored, status: str, reason: str | None) -> None:
+        def work(conn: Connection) -> tuple[None, list[Event]]:
+            status = outbox.failed(
+                conn,
+                entry,
+                exc.reason,
+                permanent=exc.permanent,
+                backoff=self.settings.backoff,
+                hold=self.settings.hold if exc.held else None,
+            )
+            task = store.current(conn, "Task", task_id) if task_id and status else None
+            if self._is(task, lifecycle.CANCELLED) and status == outbox.PENDING:
+                # cancelled while this attempt was under way: no further attempts
+                outbox.cancel_subject(conn, str(task_id), reason="the request was cancelled")
+            elif (
+                status == outbox.DEAD
+                and entry.topic == "request"
+                and self._is(task, lifecycle.REQUESTED)
+            ):
+                reason = f"could not be delivered: {exc.reason}"
+                return None, self._move(conn, task, lifecycle.FAILED, reason)
+            return None, []
+
+        self.records.run(SYSTEM, "teleconsult-deliver-failed", work)
+
+    @staticmethod
+    def _is(task: Stored | None, status: str) -> bool:
+        return task is not None and not task.deleted and task.json().get("status") == status
+
+    def _move(
+        self, conn: Connection, task: Stored | None, status: str, reason: str | None
+    ) -> list[Event]:
+        assert task is not None
         try:
-            self.teleconsult.move(SYSTEM, task.res_id, status, reason, tell=False)
+            _stored, event = self.teleconsult.move_in(
+                conn, SYSTEM, task.res_id, status, reason, tell=False
+            )
         except FhirError as exc:
             log.warning("Task %s could not move to %s: %s", task.res_id, status, exc.diagnostics)
+            return []
+        return [event]
 
 
 class Workers:
@@ -415,6 +450,7 @@ class Workers:
         self.courier = courier
         self.count = count
         self._stop = threading.Event()
+        self._bell = outbox.Doorbell(courier.engine)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -431,9 +467,10 @@ class Workers:
                 log.exception("delivery worker: claiming failed")
                 done = None
             if done is None:
-                self._stop.wait(self.courier.settings.poll)
+                self._bell.wait(self.courier.settings.poll)
 
     def stop(self) -> None:
         self._stop.set()
+        self._bell.event.set()
         for thread in self._threads:
             thread.join(timeout=30)

@@ -7,7 +7,10 @@ Endpoints come in two kinds:
 - FHIR messaging (``connectionType`` hl7-fhir-msg): ``address`` is the member gateway's FHIR
   base, messages go to ``{address}/$process-message`` over HTTPS with mutual TLS;
 - DICOM (``connectionType`` ``urn:yilian:endpoint-type|dicom-dimse``): ``address`` is
-  ``dicoms://AE_TITLE@host:port`` (TLS) or ``dicom://AE_TITLE@host:port``.
+  ``dicoms://AE_TITLE@host:port`` (DICOM over TLS).
+
+Patient data leaves the gateway only over TLS: an ``http://`` or ``dicom://`` address is refused
+when an operator writes it and held back by the delivery workers if it is in the record anyway.
 
 Reads here are the gateway's own (no audit record: the directory holds no patient data).
 """
@@ -49,15 +52,25 @@ class Endpoint:
     address: str
     active: bool
 
-    def dicom_parts(self) -> tuple[str, str, int, bool]:
-        """(called AE title, host, port, TLS) of a DICOM endpoint."""
+    def dicom_parts(self) -> tuple[str, str, int]:
+        """(called AE title, host, port) of a DICOM endpoint."""
+        self.check()
         parts = urlsplit(self.address)
-        if parts.scheme not in ("dicom", "dicoms") or not parts.username or not parts.hostname:
+        return str(parts.username), str(parts.hostname), parts.port or 104
+
+    def check(self) -> None:
+        """Refuse an address that cannot be used, or would send patient data in the clear."""
+        parts = urlsplit(self.address)
+        if self.kind == DICOM:
+            if parts.scheme != "dicoms" or not parts.username or not parts.hostname:
+                raise DirectoryError(
+                    f"Endpoint/{self.id}: a DICOM address is dicoms://AE_TITLE@host:port "
+                    f"(DICOM over TLS), not '{self.address}'"
+                )
+        elif parts.scheme != "https" or not parts.hostname:
             raise DirectoryError(
-                f"Endpoint/{self.id}: a DICOM address is dicoms://AE_TITLE@host:port, "
-                f"not '{self.address}'"
+                f"Endpoint/{self.id}: a member's FHIR base is an https:// URL, not '{self.address}'"
             )
-        return parts.username, parts.hostname, parts.port or 104, parts.scheme == "dicoms"
 
     @classmethod
     def of(cls, rid: str, body: dict[str, Any]) -> Endpoint | None:

@@ -3,7 +3,8 @@
 The caller is a ``peer`` principal whose client certificate named the member (the router checks
 that); the message must say it comes from that member. Each message is processed in one unit of
 work together with its archive row (``inbound_message``, protocol ``fhir-msg``, the message id as
-control ID, the answer kept), so:
+control ID, the answer kept); deliveries of one message id take turns (``lock_keys``) and look
+for an earlier outcome inside that unit of work, so:
 
 - a message accepted before is answered with the first answer and nothing is done twice. The
   id alone decides: the sender builds a message from its record when it sends it, so a retry
@@ -23,9 +24,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from records import ids, inbound, outbox, store
+from records import db, ids, inbound, outbox, store
 from records.audit_log import Event
-from records.db import reader
 from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, Unprocessable
 from records.service import RecordService
 from records.store import Stored
@@ -73,18 +73,21 @@ class Inbox:
                 f"certificate names {member}"
             )
         digest = hashlib.sha256(raw).hexdigest()
-        with reader(self.records.engine).connect() as conn:
-            earlier = inbound.same_control_id(conn, PROTOCOL, member, message.id)
-        for row in earlier:
-            if row.outcome == "accepted" and row.ack:
-                answer: dict[str, Any] = json.loads(row.ack)
-                return answer
-        # a refused message that comes again is a new attempt on its archive row
-        again = next((row.id for row in earlier if row.content_hash == digest), None)
-        archive_id = again or ids.new_id()
         handler = self._handlers()[message.event]
+        # a refused message that comes again is a new attempt on its archive row
+        again: str | None = None
+        archive_id = ids.new_id()
 
         def work(conn: Connection) -> tuple[dict[str, Any], list[Event]]:
+            nonlocal again, archive_id
+            db.lock_keys(conn, [f"{PROTOCOL}|{member}|{message.id}"])
+            earlier = inbound.same_control_id(conn, PROTOCOL, member, message.id)
+            for row in earlier:
+                if row.outcome == "accepted" and row.ack:
+                    first: dict[str, Any] = json.loads(row.ack)
+                    return first, []
+            again = next((row.id for row in earlier if row.content_hash == digest), None)
+            archive_id = again or archive_id
             touched, note = handler(conn, peer, message)
             answer = messages.response(message.id, "ok", message.destination, note)
             inbound.record(
@@ -242,12 +245,20 @@ class Inbox:
     ) -> tuple[list[Stored], str | None]:
         task_in = message.one("Task")
         task, body = self._shared_task(conn, message)
-        status = task_in.get("status")
+        status = str(task_in.get("status"))
         if message.event == "cancel":
             status = lifecycle.CANCELLED
             outbox.cancel_subject(conn, task.res_id, reason="cancelled by the requester")
         if body.get("status") == status:
             return [task], "no change"
+        if body.get("status") == lifecycle.REQUESTED and lifecycle.allowed(
+            lifecycle.RECEIVED, status
+        ):
+            # the hospital answers a request this side has not yet recorded as delivered (its
+            # worker was stopped between the delivery and recording it): it was received
+            body["status"] = lifecycle.RECEIVED
+            task, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
+            body = task.json()
         body["status"] = status
         body["lastModified"] = task_in.get("lastModified") or body.get("lastModified")
         if task_in.get("statusReason"):

@@ -11,6 +11,7 @@ is a 422 OperationOutcome naming both statuses.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from records.errors import Unprocessable
@@ -66,9 +67,52 @@ def allowed(current: str | None, new: str) -> bool:
     return new == current or new in NEXT.get(current, frozenset())
 
 
-def check(who: Principal, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+_OURS = "urn:yilian:teleconsult"  # the prefix of the gateway's own identifiers and extensions
+_FIXED = ("for", "focus", "basedOn")  # what a request is about never changes
+_ROUTED = ("owner",)  # who has it changes only when the gateway routes it
+
+
+def _ours(body: dict[str, Any], element: str) -> list[str]:
+    return sorted(
+        json.dumps(item, sort_keys=True)
+        for item in body.get(element) or []
+        if str(item.get("system" if element == "identifier" else "url", "")).startswith(_OURS)
+    )
+
+
+def _check_fixed(who: Principal, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A Task's subject, request and key stay; its owner and routing extensions are the
+    gateway's to change (when it routes again), no one else's."""
+    fixed = [*_FIXED, "identifier"]
+    if who.role != Role.SYSTEM:
+        fixed += [*_ROUTED, "extension"]
+    for element in fixed:
+        if element in ("identifier", "extension"):
+            same = _ours(old, element) == _ours(new, element)
+        else:
+            same = old.get(element) == new.get(element)
+        if not same:
+            raise Unprocessable(
+                f"Task.{element} is set when the request is made and cannot be changed"
+                + ("" if element in _FIXED or element == "identifier" else " by hand"),
+                expression=[f"Task.{element}"],
+            )
+
+
+def check(who: Principal, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
     """The records boundary's guard for Task writes: refuse a move the table does not allow,
-    or one this principal's side does not make."""
+    one this principal's side does not make, a change to what the request is about, or a
+    delete (a request is cancelled, so the other side is told)."""
+    if new is None:
+        if who.role != Role.SYSTEM:
+            raise Unprocessable(
+                "a remote-diagnosis Task is not deleted: cancel it ($cancel) and the other "
+                "side is told",
+                expression=["Task"],
+            )
+        return
+    if old is not None:
+        _check_fixed(who, old, new)
     status = new.get("status")
     before = old.get("status") if old else None
     if status not in STATUSES:

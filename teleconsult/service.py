@@ -358,26 +358,40 @@ class Teleconsult:
         ``tell`` is False: the gateway recording what the other side already knows)."""
 
         def work(conn: Connection) -> tuple[Stored, list[Event]]:
-            current = self._visible(conn, who, "Task", task_id)
-            body = current.json()
-            self._check_side(who, body)
-            before = body.get("status")
-            body["status"] = status
-            body["lastModified"] = _now()
-            if reason:
-                body["statusReason"] = {"text": reason}
-            stored, _ = self.records.update_in(conn, who, "Task", task_id, body)
-            if status != before and tell:
-                self.tell_peer(conn, stored.json() | {"id": task_id})
-            event = Event(
-                "teleconsult-status",
-                (f"Task/{task_id}",),
-                (stored.patient_id,) if stored.patient_id else (),
-                detail=f"{before} -> {status}",
-            )
+            stored, event = self.move_in(conn, who, task_id, status, reason, tell=tell)
             return stored, [event]
 
         return self.records.run(who, "teleconsult-status", work, about=[f"Task/{task_id}"])
+
+    def move_in(
+        self,
+        conn: Connection,
+        who: Principal,
+        task_id: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        tell: bool = True,
+    ) -> tuple[Stored, Event]:
+        """``move`` inside the caller's unit of work: (the Task, the audit event)."""
+        current = self._visible(conn, who, "Task", task_id)
+        body = current.json()
+        self._check_side(who, body)
+        before = body.get("status")
+        body["status"] = status
+        body["lastModified"] = _now()
+        if reason:
+            body["statusReason"] = {"text": reason}
+        stored, _ = self.records.update_in(conn, who, "Task", task_id, body)
+        if status != before and tell:
+            self.tell_peer(conn, stored.json() | {"id": task_id})
+        event = Event(
+            "teleconsult-status",
+            (f"Task/{task_id}",),
+            (stored.patient_id,) if stored.patient_id else (),
+            detail=f"{before} -> {status}",
+        )
+        return stored, event
 
     @staticmethod
     def _check_side(who: Principal, task: dict[str, Any]) -> None:

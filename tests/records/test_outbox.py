@@ -1,5 +1,6 @@
-"""The outbox: per-destination order, leases, backoff, dead letters, requeue, cancel, and
-several workers sharing it without taking the same row twice."""
+"""The outbox: order per request and destination, leases under their own tokens, backoff,
+holds, dead letters, requeue, cancel, the doorbell, and several workers sharing it without
+taking the same row twice."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ LEASE = timedelta(seconds=30)
 NO_BACKOFF = Backoff(base=0.0, cap=0.0, max_attempts=3)
 
 
-def _put(ctx, destination: str, topic: str = "request", subject: str | None = None) -> str:  # type: ignore[no-untyped-def]
+def _put(ctx, destination: str, topic: str = "request", subject: str | None = "task-1") -> str:  # type: ignore[no-untyped-def]
     with ctx.engine.begin() as conn:
         return outbox.enqueue(
             conn,
@@ -26,20 +27,42 @@ def _put(ctx, destination: str, topic: str = "request", subject: str | None = No
         )
 
 
-def test_a_destination_gets_its_rows_in_order_and_one_at_a_time(ctx):
-    first, second = _put(ctx, "city"), _put(ctx, "city")
+def _delivered(ctx, entry) -> bool:  # type: ignore[no-untyped-def]
+    with ctx.engine.begin() as conn:
+        return outbox.delivered(conn, entry)
+
+
+def _failed(ctx, entry, error: str, **how) -> str | None:  # type: ignore[no-untyped-def]
+    with ctx.engine.begin() as conn:
+        return outbox.failed(conn, entry, error, **how)
+
+
+def test_a_request_s_rows_go_to_a_destination_in_order_and_one_at_a_time(ctx):
+    first, second = _put(ctx, "city"), _put(ctx, "city", topic="cancel")
     other = _put(ctx, "central")
     taken = outbox.claim(ctx.engine, "w1", LEASE)
     assert taken is not None and taken.id == first
     assert taken.payload == {"topic": "request", "text": "王秀英"}
     assert taken.attempts == 1
-    # city's head is in flight: its second row waits; central's row is free
+    # the request's first row is in flight: its second waits; central's row is free
     nxt = outbox.claim(ctx.engine, "w2", LEASE)
     assert nxt is not None and nxt.id == other
     assert outbox.claim(ctx.engine, "w3", LEASE) is None
-    assert outbox.delivered(ctx.engine, taken, "w1")
+    assert _delivered(ctx, taken)
     after = outbox.claim(ctx.engine, "w3", LEASE)
     assert after is not None and after.id == second
+
+
+def test_another_request_to_the_same_destination_does_not_wait_behind_a_retry(ctx):
+    first = _put(ctx, "city", subject="task-1")
+    _put(ctx, "city", subject="task-1", topic="images")
+    other = _put(ctx, "city", subject="task-2")
+    taken = outbox.claim(ctx.engine, "w1", LEASE)
+    assert taken is not None and taken.id == first
+    assert _failed(ctx, taken, "connection reset", backoff=Backoff(base=60)) == outbox.PENDING
+    nxt = outbox.claim(ctx.engine, "w1", LEASE)
+    assert nxt is not None and nxt.id == other  # task-1's images wait behind its request
+    assert outbox.claim(ctx.engine, "w1", LEASE) is None
 
 
 def test_a_failed_row_waits_for_its_backoff_and_holds_back_the_rows_behind_it(ctx):
@@ -47,9 +70,7 @@ def test_a_failed_row_waits_for_its_backoff_and_holds_back_the_rows_behind_it(ct
     _put(ctx, "city")
     taken = outbox.claim(ctx.engine, "w1", LEASE)
     assert taken is not None
-    status = outbox.failed(
-        ctx.engine, taken, "w1", "connection refused", permanent=False, backoff=Backoff(base=60)
-    )
+    status = _failed(ctx, taken, "connection refused", backoff=Backoff(base=60))
     assert status == outbox.PENDING
     assert outbox.claim(ctx.engine, "w1", LEASE) is None  # head waits 30-60 s; second behind it
     row = outbox.get(ctx.engine, first)
@@ -62,9 +83,7 @@ def test_a_permanent_failure_is_dead_with_its_reason_and_frees_the_destination(c
     second = _put(ctx, "city")
     taken = outbox.claim(ctx.engine, "w1", LEASE)
     assert taken is not None
-    status = outbox.failed(
-        ctx.engine, taken, "w1", "TLS: certificate expired", permanent=True, backoff=NO_BACKOFF
-    )
+    status = _failed(ctx, taken, "TLS: certificate expired", permanent=True, backoff=NO_BACKOFF)
     assert status == outbox.DEAD
     dead = outbox.get(ctx.engine, first)
     assert dead is not None and dead.status == outbox.DEAD
@@ -79,9 +98,7 @@ def test_too_many_attempts_make_a_row_dead_and_requeue_starts_it_again(ctx):
     for _ in range(NO_BACKOFF.max_attempts):
         taken = outbox.claim(ctx.engine, "w1", LEASE)
         assert taken is not None
-        status = outbox.failed(
-            ctx.engine, taken, "w1", "timed out", permanent=False, backoff=NO_BACKOFF
-        )
+        status = _failed(ctx, taken, "timed out", backoff=NO_BACKOFF)
     assert status == outbox.DEAD
     dead = outbox.get(ctx.engine, first)
     assert dead is not None and dead.last_error is not None
@@ -92,16 +109,61 @@ def test_too_many_attempts_make_a_row_dead_and_requeue_starts_it_again(ctx):
     assert outbox.claim(ctx.engine, "w1", LEASE) is not None
 
 
-def test_an_expired_lease_is_claimed_again_and_the_old_worker_loses_the_row(ctx):
+def test_an_expired_lease_is_claimed_again_and_the_old_claim_loses_the_row(ctx):
     first = _put(ctx, "city")
-    taken = outbox.claim(ctx.engine, "dead-worker", timedelta(seconds=-1))  # already expired
+    # the same worker name both times (two threads of one process): the claims' tokens differ
+    taken = outbox.claim(ctx.engine, "host:1", timedelta(seconds=-1))  # already expired
     assert taken is not None
-    again = outbox.claim(ctx.engine, "w2", LEASE)
+    again = outbox.claim(ctx.engine, "host:1", LEASE)
     assert again is not None and again.id == first and again.attempts == 2
-    assert not outbox.renew(ctx.engine, taken, "dead-worker", LEASE)
-    assert not outbox.delivered(ctx.engine, taken, "dead-worker")
-    assert outbox.renew(ctx.engine, again, "w2", LEASE)
-    assert outbox.delivered(ctx.engine, again, "w2")
+    assert taken.leased_by != again.leased_by and "host:1" in str(again.leased_by)
+    assert not outbox.renew(ctx.engine, taken, LEASE)
+    assert not _delivered(ctx, taken)
+    assert _failed(ctx, taken, "late", backoff=NO_BACKOFF) is None
+    assert outbox.renew(ctx.engine, again, LEASE)
+    assert _delivered(ctx, again)
+    row = outbox.get(ctx.engine, first)
+    assert row is not None and row.status == outbox.DELIVERED and row.last_error is None
+
+
+def test_a_held_row_waits_without_using_up_its_attempts(ctx):
+    first = _put(ctx, "city")
+    for _ in range(NO_BACKOFF.max_attempts + 2):
+        taken = outbox.claim(ctx.engine, "w1", LEASE)
+        assert taken is not None
+        status = _failed(
+            ctx, taken, "Endpoint/x is off", backoff=NO_BACKOFF, hold=timedelta(seconds=0)
+        )
+        assert status == outbox.PENDING
+    row = outbox.get(ctx.engine, first)
+    assert row is not None and row.attempts == 0 and row.status == outbox.PENDING
+    assert row.last_error == "held: Endpoint/x is off"
+    taken = outbox.claim(ctx.engine, "w1", LEASE)
+    assert taken is not None
+    assert _failed(ctx, taken, "off", backoff=NO_BACKOFF, hold=timedelta(minutes=5))
+    assert outbox.claim(ctx.engine, "w1", LEASE) is None  # held for five minutes
+
+
+def test_the_doorbell_rings_when_enqueued_rows_are_committed_not_before_or_on_rollback(ctx):
+    bell = outbox.Doorbell(ctx.engine)
+    assert not bell.wait(0)
+    seen: list[bool] = []
+    with ctx.engine.begin() as conn:
+        outbox.enqueue(conn, destination="city", channel="fhir", topic="t", payload={})
+        seen.append(bell.wait(0))
+    assert seen == [False]
+    assert bell.wait(0)  # rung once the transaction committed
+    assert not bell.wait(0)
+    try:
+        with ctx.engine.begin() as conn:
+            outbox.enqueue(conn, destination="city", channel="fhir", topic="t", payload={})
+            raise RuntimeError("the unit of work fails")
+    except RuntimeError:
+        pass
+    assert not bell.wait(0)
+    with ctx.engine.begin() as conn:  # a later transaction on the same pooled connection
+        conn.exec_driver_sql("SELECT 1")
+    assert not bell.wait(0)
 
 
 def test_cancelling_a_request_drops_its_waiting_rows_only(ctx):
@@ -135,9 +197,9 @@ def test_backoff_doubles_up_to_its_cap_with_jitter():
 
 def test_workers_racing_never_take_the_same_row(ctx):
     destinations = [f"d{i}" for i in range(8)]
-    for _ in range(5):
+    for n in range(5):
         for destination in destinations:
-            _put(ctx, destination)
+            _put(ctx, destination, subject=f"task-{n % 2}")
     taken: list[str] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -152,7 +214,7 @@ def test_workers_racing_never_take_the_same_row(ctx):
                     continue
                 with lock:
                     taken.append(entry.id)
-                assert outbox.delivered(ctx.engine, entry, name)
+                assert _delivered(ctx, entry)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

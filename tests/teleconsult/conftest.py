@@ -64,6 +64,21 @@ class Member:
     def outbox(self, **filters: Any) -> list[Entry]:
         return outbox.listing(self.ctx.engine, **filters)
 
+    def due_now(self) -> None:
+        """Make every waiting row due (as if its backoff or hold had passed)."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy import update
+
+        from records.schema import outbox as table
+
+        with self.ctx.engine.begin() as conn:
+            conn.execute(
+                update(table)
+                .where(table.c.status == outbox.PENDING, table.c.lease_until.is_(None))
+                .values(next_attempt=datetime.now(UTC))
+            )
+
     def task(self, key: str) -> dict[str, Any]:
         from teleconsult.messages import REQUEST_KEY_SYSTEM
 

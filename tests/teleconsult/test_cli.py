@@ -42,6 +42,11 @@ def test_an_operator_points_the_directory_at_a_member_and_switches_it_off(cli, d
     assert "CITY-FIRST       fhir   off" in cli.invoke(main, ["consortium", "list"]).output
     bad = cli.invoke(main, ["consortium", "endpoint", "CITY_FIRST", "--dicom", "dicom://x"])
     assert bad.exit_code == 1 and "dicoms://AE_TITLE@host:port" in bad.output
+    clear = ["--dicom", "dicom://CITY_PACS@pacs.city-first.example:104"]
+    plain = cli.invoke(main, ["consortium", "endpoint", "CITY_FIRST", *clear])
+    assert plain.exit_code == 1 and "DICOM over TLS" in plain.output
+    http = cli.invoke(main, ["consortium", "endpoint", "CITY_FIRST", "--fhir", "http://x/fhir"])
+    assert http.exit_code == 1 and "https:// URL" in http.output
     unknown = cli.invoke(main, ["consortium", "endpoint", "NOWHERE", "--fhir", "https://x"])
     assert unknown.exit_code == 1 and "not a member" in unknown.output
 
@@ -58,14 +63,14 @@ def test_an_operator_lists_reads_and_requeues_a_dead_letter(cli, demo):
         )
     claimed = outbox.claim(demo.engine, "w", Backoff().delay(1))
     assert claimed is not None
-    outbox.failed(
-        demo.engine,
-        claimed,
-        "w",
-        "TLS refused: certificate verify failed",
-        permanent=True,
-        backoff=Backoff(),
-    )
+    with demo.engine.begin() as conn:
+        outbox.failed(
+            conn,
+            claimed,
+            "TLS refused: certificate verify failed",
+            permanent=True,
+            backoff=Backoff(),
+        )
     listed = cli.invoke(main, ["outbox", "list", "--status", "dead"])
     assert listed.exit_code == 0, listed.output
     assert "dead 1" in listed.output and entry_id in listed.output

@@ -110,3 +110,49 @@ def test_a_transaction_bundle_cannot_slip_past_the_lifecycle(client, as_user):
     assert refused.status_code == 422, refused.text
     found = client.get("/fhir/Task", headers=doctor).json()
     assert found.get("total", 0) == 0
+
+
+def test_what_a_request_is_about_and_who_has_it_cannot_be_changed_by_a_put(client, as_user):
+    doctor = {**as_user("doctor.xingfu"), **FHIR}
+    key = {"system": "urn:yilian:teleconsult", "value": "k-1"}
+    peer = {"url": "urn:yilian:teleconsult-peer", "valueString": "CITY_FIRST"}
+    body = _task("requested", identifier=[key], extension=[peer])
+    rid = client.post("/fhir/Task", json=body, headers=doctor).json()["id"]
+    changes = {
+        "owner": {"reference": "Organization/CITY-CENTRAL"},
+        "for": {"reference": "Patient/demo-li-ming"},
+        "identifier": [{**key, "value": "k-2"}],
+        "extension": [{**peer, "valueString": "CITY_CENTRAL"}],
+    }
+    for element, value in changes.items():
+        changed = client.put(
+            f"/fhir/Task/{rid}", json={**body, element: value, "id": rid}, headers=doctor
+        )
+        assert changed.status_code == 422, (element, changed.text)
+        assert changed.json()["issue"][0]["expression"] == [f"Task.{element}"]
+    # a note, or an identifier of the doctor's own, may still be added
+    noted = {
+        **body,
+        "id": rid,
+        "note": [{"text": "家属已同意"}],
+        "identifier": [key, {"system": "urn:clinic:his", "value": "HIS-9"}],
+    }
+    assert client.put(f"/fhir/Task/{rid}", json=noted, headers=doctor).status_code == 200
+    # the gateway itself routes it elsewhere
+    moved = {**noted, "owner": {"reference": "Organization/CITY-CENTRAL"}}
+    lifecycle.check(SYSTEM, noted, moved)
+
+
+def test_a_task_is_cancelled_not_deleted(client, as_user):
+    doctor = {**as_user("doctor.xingfu"), **FHIR}
+    rid = client.post("/fhir/Task", json=_task("requested"), headers=doctor).json()["id"]
+    refused = client.delete(f"/fhir/Task/{rid}", headers=doctor)
+    assert refused.status_code == 422
+    assert "$cancel" in refused.json()["issue"][0]["diagnostics"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Task/{rid}"}}],
+    }
+    assert client.post("/fhir", json=bundle, headers=doctor).status_code == 422
+    assert client.get(f"/fhir/Task/{rid}", headers=doctor).status_code == 200
