@@ -18,6 +18,7 @@ from gateway.observability import Metrics, RequestLog, outbox_metrics
 from gateway.routers import admin, auth, dicomweb, fhir, health, hl7, pages, teleconsult
 from gateway.settings import Settings
 from records.errors import FhirError
+from teleconsult.deadlines import Deadlines
 from teleconsult.delivery import Workers
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,16 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
         app.state.mllp = listeners.mllp
         app.state.dicom = listeners.dicom
         # delivery to other members: only in the gateway itself (tests drive the courier)
-        workers = Workers(context.courier, settings.delivery_workers) if own else None
+        workers = (
+            Workers(
+                context.courier,
+                settings.delivery_workers,
+                deadlines=Deadlines(context.teleconsult),
+                every=settings.escalation_interval_seconds,
+            )
+            if own
+            else None
+        )
         if workers is not None:
             workers.start()
         log.info("gateway ready", extra={"http_port": settings.http_port})

@@ -147,4 +147,5 @@ def delivery_settings(settings: Settings) -> DeliverySettings:
             settings.outbox_retry_base, settings.outbox_retry_cap, settings.outbox_max_attempts
         ),
         poll=settings.outbox_poll_seconds,
+        hold=timedelta(seconds=settings.outbox_hold_seconds),
     )

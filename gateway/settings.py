@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     outbox_retry_base: float = Field(default=2.0, ge=0)
     outbox_retry_cap: float = Field(default=600.0, ge=0)
     outbox_max_attempts: int = Field(default=200, ge=1)
+    # a row whose fault is this gateway's configuration (endpoint off or not TLS, no
+    # credentials, our certificate expired) waits this long between looks, attempts not counted
+    outbox_hold_seconds: float = Field(default=60.0, gt=0)
+    # how often requests past their deadline are escalated (0: never)
+    escalation_interval_seconds: float = Field(default=60.0, ge=0)
     consortium_tls_cert: Path | None = None
     consortium_tls_key: Path | None = None
     consortium_tls_ca: Path | None = None

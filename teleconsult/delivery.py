@@ -47,6 +47,7 @@ from records.service import RecordService
 from records.store import Stored
 from security.principal import SYSTEM
 from teleconsult import directory, lifecycle, messages, portable
+from teleconsult.deadlines import Deadlines
 from teleconsult.service import SELF, Teleconsult, extension, practitioner_name, task_key
 
 log = logging.getLogger(__name__)
@@ -380,7 +381,7 @@ class Courier:
                     patients,
                 )
             ]
-            if entry.topic == "request" and self._is(task, lifecycle.REQUESTED):
+            if entry.topic == "request" and self._is(task, lifecycle.REQUESTED, conn, entry):
                 events += self._move(conn, task, lifecycle.RECEIVED, None)
             return None, events
 
@@ -411,13 +412,13 @@ class Courier:
                 hold=self.settings.hold if exc.held else None,
             )
             task = store.current(conn, "Task", task_id) if task_id and status else None
-            if self._is(task, lifecycle.CANCELLED) and status == outbox.PENDING:
+            if self._is(task, lifecycle.CANCELLED, conn) and status == outbox.PENDING:
                 # cancelled while this attempt was under way: no further attempts
                 outbox.cancel_subject(conn, str(task_id), reason="the request was cancelled")
             elif (
                 status == outbox.DEAD
                 and entry.topic == "request"
-                and self._is(task, lifecycle.REQUESTED)
+                and self._is(task, lifecycle.REQUESTED, conn, entry)
             ):
                 reason = f"could not be delivered: {exc.reason}"
                 return None, self._move(conn, task, lifecycle.FAILED, reason)
@@ -425,9 +426,17 @@ class Courier:
 
         self.records.run(SYSTEM, "teleconsult-deliver-failed", work)
 
-    @staticmethod
-    def _is(task: Stored | None, status: str) -> bool:
-        return task is not None and not task.deleted and task.json().get("status") == status
+    def _is(
+        self, task: Stored | None, status: str, conn: Connection, entry: Entry | None = None
+    ) -> bool:
+        """Whether the Task is live with this status (and, given the row, still meant for the
+        row's destination: not routed elsewhere since)."""
+        if task is None or task.deleted or task.json().get("status") != status:
+            return False
+        if entry is None:
+            return True
+        target = self.teleconsult.peer_endpoint(conn, task.json())
+        return target is not None and target.id == entry.destination
 
     def _move(
         self, conn: Connection, task: Stored | None, status: str, reason: str | None
@@ -446,9 +455,18 @@ class Courier:
 class Workers:
     """Delivery threads of ``yilian serve``."""
 
-    def __init__(self, courier: Courier, count: int = 1) -> None:
+    def __init__(
+        self,
+        courier: Courier,
+        count: int = 1,
+        *,
+        deadlines: Deadlines | None = None,
+        every: float = 60.0,
+    ) -> None:
         self.courier = courier
         self.count = count
+        self.deadlines = deadlines  # swept every ``every`` seconds by a thread of its own
+        self.every = every
         self._stop = threading.Event()
         self._bell = outbox.Doorbell(courier.engine)
         self._threads: list[threading.Thread] = []
@@ -458,6 +476,18 @@ class Workers:
             thread = threading.Thread(target=self._run, name=f"delivery-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.deadlines is not None and self.every > 0:
+            thread = threading.Thread(target=self._sweep, name="deadlines", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _sweep(self) -> None:
+        assert self.deadlines is not None
+        while not self._stop.wait(self.every):
+            try:
+                self.deadlines.sweep()
+            except Exception:  # noqa: BLE001 - the database may be briefly unavailable
+                log.exception("deadline sweep failed")
 
     def _run(self) -> None:
         while not self._stop.is_set():

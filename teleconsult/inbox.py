@@ -30,11 +30,10 @@ from records.errors import Conflict, FhirError, Forbidden, Invalid, NotFound, Un
 from records.service import RecordService
 from records.store import Stored
 from security import signing
-from security.principal import Principal
+from security.principal import SYSTEM, Principal
 from teleconsult import directory, lifecycle, messages, portable
 from teleconsult.messages import Message, key_of
-from teleconsult.routing import RouteRequest
-from teleconsult.service import PEER, SELF, SERVICE, Teleconsult, extension
+from teleconsult.service import PEER, SELF, SERVICE, Teleconsult, extension, pass_over
 
 PROTOCOL = "fhir-msg"
 UID_SYSTEM = "urn:dicom:uid"
@@ -51,9 +50,6 @@ _TASK_FIELDS = (
 def _pick(body: Any, *keys: str) -> dict[str, Any]:
     """Only the named elements of what a member sent."""
     return {k: body[k] for k in keys if k in body} if isinstance(body, dict) else {}
-
-
-DECLINED = "urn:yilian:teleconsult-declined"  # Task extension: a member that rejected it
 
 
 class Inbox:
@@ -342,39 +338,19 @@ class Inbox:
 
     def _reroute(self, conn: Connection, task: Stored, declined_by: str) -> Stored:
         """A hospital declined: route the request elsewhere, unless nobody else can take it
-        (the Task then stays rejected for the doctor to decide)."""
-        from security.principal import SYSTEM
-
+        (the Task then stays rejected, owned by no one, for the doctor to decide)."""
         body = task.json()
-        declined = [e["valueString"] for e in body.get("extension", []) if e.get("url") == DECLINED]
-        declined.append(declined_by)
-        sr = store.read(conn, "ServiceRequest", body["focus"]["reference"].split("/")[1]).json()
-        kind = sr["category"][0]["coding"][0]["code"]
-        request = RouteRequest(
-            kind,
-            body.get("priority", "routine"),
-            None,
-            extension(body, SELF),
-            frozenset(declined),
-        )
+        pass_over(body, declined_by)
         try:
-            decision = self.teleconsult.decide(conn, request)
+            decision = self.teleconsult.decide(conn, self.teleconsult.route_request(conn, body))
         except FhirError:
+            body.pop("owner", None)
             body.setdefault("note", []).append(
-                {"text": "无其他医院可接收 no other hospital can take it"}
+                {
+                    "time": body.get("lastModified"),
+                    "text": "无其他医院可接收 no other hospital can take it",
+                }
             )
             stored, _ = self.records.update_in(conn, SYSTEM, "Task", task.res_id, body)
             return stored
-        body["extension"] = [
-            *body.get("extension", []),
-            {"url": DECLINED, "valueString": declined_by},
-        ]
-        body["status"] = lifecycle.REQUESTED
-        self.teleconsult.assign(body, decision)
-        sr["performer"] = self.teleconsult.performer(decision)
-        # what still waited to go to the hospital that declined goes nowhere now
-        outbox.cancel_subject(conn, task.res_id, reason=f"declined by {declined_by}")
-        self.records.update_in(conn, SYSTEM, "ServiceRequest", sr["id"], sr)
-        stored, _ = self.records.update_in(conn, SYSTEM, "Task", task.res_id, body)
-        self.teleconsult.dispatch(conn, stored.json() | {"id": task.res_id}, decision)
-        return stored
+        return self.teleconsult.reroute(conn, task.res_id, body, decision)

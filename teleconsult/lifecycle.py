@@ -3,6 +3,8 @@
     draft -> requested -> received -> accepted | rejected
     accepted -> in-progress <-> on-hold -> completed | failed
     cancelled from any open status; rejected -> requested when the request is routed elsewhere
+    (or sent again); received -> requested when the gateway routes it elsewhere because its
+    deadline passed
 
 The table is enforced as a write guard at the records boundary (``check``), so a FHIR ``PUT``, a
 transaction Bundle, the JSON API and the delivery workers all obey the same rules. A refused move
@@ -25,7 +27,7 @@ COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 NEXT: dict[str, frozenset[str]] = {
     DRAFT: frozenset({REQUESTED, CANCELLED}),
     REQUESTED: frozenset({RECEIVED, REJECTED, CANCELLED, FAILED}),
-    RECEIVED: frozenset({ACCEPTED, REJECTED, CANCELLED, FAILED}),
+    RECEIVED: frozenset({ACCEPTED, REJECTED, CANCELLED, FAILED, REQUESTED}),
     ACCEPTED: frozenset({IN_PROGRESS, ON_HOLD, COMPLETED, CANCELLED, FAILED}),
     REJECTED: frozenset({REQUESTED, CANCELLED}),
     IN_PROGRESS: frozenset({ON_HOLD, COMPLETED, FAILED, CANCELLED}),
@@ -46,6 +48,8 @@ _BY_ROLE: dict[Role, frozenset[str]] = {
     Role.SPECIALIST: frozenset({ACCEPTED, REJECTED, IN_PROGRESS, ON_HOLD, FAILED}),
 }
 _ANY_MOVE = frozenset({Role.SYSTEM, Role.PEER})
+# moves only the gateway itself makes: escalation after a missed deadline
+_SYSTEM_ONLY = frozenset({(RECEIVED, REQUESTED)})
 
 
 def completed_with_report(task: dict[str, Any], report_id: str, modified: str | None) -> None:
@@ -129,6 +133,12 @@ def check(who: Principal, old: dict[str, Any] | None, new: dict[str, Any] | None
         follow = ", ".join(sorted(NEXT.get(before or "", ()))) or "nothing: it is closed"
         raise Unprocessable(
             f"a Task cannot go from {before} to {status}; from {before} it may go to {follow}",
+            expression=["Task.status"],
+        )
+    if (before, status) in _SYSTEM_ONLY and who.role != Role.SYSTEM:
+        raise Unprocessable(
+            f"a Task goes from {before} back to {status} only when the gateway routes it "
+            "elsewhere (its deadline passed)",
             expression=["Task.status"],
         )
     if status != before and who.role not in _ANY_MOVE:

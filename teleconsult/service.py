@@ -6,7 +6,11 @@ Each call is one unit of work at the records boundary (access, audit, outbox tog
   rules (the decision is explained on the Task), with outbox rows for the request message and
   the images, all in one transaction;
 - ``move``: a status change by a person (accept, hold, cancel ...), checked by the lifecycle
-  guard, and told to the other side through the outbox;
+  guard, and told to the other side through the outbox; a draft submitted, or a declined
+  request sent again, is routed (again) and dispatched;
+- ``reroute``: a request made here goes to another department (declined there, its deadline
+  missed, sent again by hand), with the hospitals passed over kept on the Task (``PASSED_OVER``)
+  and their specialty kept on the ServiceRequest (``performerType``);
 - ``worklist``: a hospital's open Tasks, most urgent first.
 
 Who is on the other side of a Task is kept on it (extension ``PEER``, a member code): the
@@ -50,6 +54,9 @@ REPORT_SYSTEM = "urn:yilian:teleconsult-report"
 PEER = "urn:yilian:teleconsult-peer"  # Task extension: the member code on the other side
 SELF = "urn:yilian:teleconsult-self"  # Task extension: this side's member code
 SERVICE = "urn:yilian:teleconsult-service"  # Task extension: the department routed to
+# Task extension, repeated: a member code that declined the request or missed its deadline
+PASSED_OVER = "urn:yilian:teleconsult-declined"
+SPECIALTY_SYSTEM = "http://snomed.info/sct"
 KIND_TEXT = {"imaging": "远程影像诊断", "ecg": "远程心电诊断", "consultation": "远程会诊"}
 PRIORITY_ORDER = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 WORKLIST = (lifecycle.RECEIVED, lifecycle.ACCEPTED, lifecycle.IN_PROGRESS, lifecycle.ON_HOLD)
@@ -223,6 +230,10 @@ class Teleconsult:
             "authoredOn": _now(),
             "performer": self.performer(decision),
         }
+        if form.specialty:
+            body["performerType"] = {
+                "coding": [{"system": SPECIALTY_SYSTEM, "code": form.specialty}]
+            }
         if who.practitioner_id:
             body["requester"] = {"reference": f"Practitioner/{who.practitioner_id}"}
         if form.reason:
@@ -382,9 +393,20 @@ class Teleconsult:
         body["lastModified"] = _now()
         if reason:
             body["statusReason"] = {"text": reason}
-        stored, _ = self.records.update_in(conn, who, "Task", task_id, body)
-        if status != before and tell:
-            self.tell_peer(conn, stored.json() | {"id": task_id})
+        sent_again = (
+            status == lifecycle.REQUESTED
+            and before in (lifecycle.DRAFT, lifecycle.REJECTED)
+            and extension(body, SERVICE)  # a request made here
+        )
+        if sent_again:
+            # submitted, or sent again after a rejection: routed now, by the rules as they are
+            lifecycle.check(who, current.json(), body)
+            decision = self.decide(conn, self.route_request(conn, body))
+            stored = self.reroute(conn, task_id, body, decision)
+        else:
+            stored, _ = self.records.update_in(conn, who, "Task", task_id, body)
+            if status != before and tell:
+                self.tell_peer(conn, stored.json() | {"id": task_id})
         event = Event(
             "teleconsult-status",
             (f"Task/{task_id}",),
@@ -392,6 +414,43 @@ class Teleconsult:
             detail=f"{before} -> {status}",
         )
         return stored, event
+
+    # -- routing again -----------------------------------------------------------------------
+
+    def route_request(self, conn: Connection, task: dict[str, Any]) -> RouteRequest:
+        """What the rules route a request made here by: its kind, priority and specialty, and
+        the hospitals passed over already."""
+        sr = store.read(conn, "ServiceRequest", _focus(task)).json()
+        kind = ((sr.get("category") or [{}])[0].get("coding") or [{}])[0].get("code")
+        specialty = next(
+            (c.get("code") for c in (sr.get("performerType") or {}).get("coding", [])), None
+        )
+        return RouteRequest(
+            str(kind or "consultation"),
+            task.get("priority", "routine"),
+            specialty,
+            extension(task, SELF),
+            frozenset(passed_over(task)),
+        )
+
+    def reroute(
+        self, conn: Connection, task_id: str, task: dict[str, Any], decision: RouteDecision
+    ) -> Stored:
+        """Send a request made here to the department ``decision`` chose: the Task (``task``,
+        with its new status and notes) and the ServiceRequest point there, what still waited
+        for the previous hospital is dropped, and the request and its images go out."""
+        task["status"] = lifecycle.REQUESTED
+        self.assign(task, decision)
+        sr = store.read(conn, "ServiceRequest", _focus(task)).json()
+        sr["performer"] = self.performer(decision)
+        sr["status"] = "active"
+        code = decision.service.organization_code
+        outbox.cancel_subject(conn, task_id, reason=f"routed to {code}")
+        self.records.update_in(conn, SYSTEM, "ServiceRequest", _focus(task), sr)
+        # the owner and the routing extensions are the gateway's to change
+        stored, _ = self.records.update_in(conn, SYSTEM, "Task", task_id, task)
+        self.dispatch(conn, stored.json() | {"id": task_id}, decision)
+        return stored
 
     @staticmethod
     def _check_side(who: Principal, task: dict[str, Any]) -> None:
@@ -408,9 +467,7 @@ class Teleconsult:
     ) -> None:
         """Queue a message about this Task for the member on the other side (if it has a
         FHIR endpoint: a PACS-only hospital hears nothing)."""
-        peer = extension(task, PEER)
-        organization = directory.organization_of_code(conn, peer) if peer else None
-        target = directory.endpoint(conn, organization, directory.FHIR) if organization else None
+        target = self.peer_endpoint(conn, task)
         if target is None:
             return
         if topic == "status" and task["status"] == lifecycle.CANCELLED:
@@ -428,6 +485,13 @@ class Teleconsult:
             payload={"task": task["id"], "status": task["status"], **more},
             subject=task["id"],
         )
+
+    @staticmethod
+    def peer_endpoint(conn: Connection, task: dict[str, Any]) -> directory.Endpoint | None:
+        """Where the member on the other side of a Task takes FHIR messages, if anywhere."""
+        peer = extension(task, PEER)
+        organization = directory.organization_of_code(conn, peer) if peer else None
+        return directory.endpoint(conn, organization, directory.FHIR) if organization else None
 
     # -- the hospital side -------------------------------------------------------------------
 
@@ -562,6 +626,19 @@ class ReportWriting:
             "agent": [{"who": reader, "onBehalfOf": {"reference": hospital}}],
             "signature": [signature],
         }
+
+
+def passed_over(task: dict[str, Any]) -> list[str]:
+    """The member codes that declined a request or missed its deadline."""
+    return [e["valueString"] for e in task.get("extension", []) if e.get("url") == PASSED_OVER]
+
+
+def pass_over(task: dict[str, Any], code: str) -> None:
+    task["extension"] = [*task.get("extension", []), {"url": PASSED_OVER, "valueString": code}]
+
+
+def _focus(task: dict[str, Any]) -> str:
+    return str(task["focus"]["reference"]).removeprefix("ServiceRequest/")
 
 
 def practitioner_name(conn: Connection, practitioner_id: str) -> str | None:
