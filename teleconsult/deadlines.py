@@ -89,7 +89,9 @@ class Deadlines:
             missed = str(extension(body, PEER) or "")
             stored, detail = self._elsewhere(conn, task_id, body, missed, now)
             patients = (stored.patient_id,) if stored.patient_id else ()
-            return stored, [Event("teleconsult-escalate", (f"Task/{task_id}",), patients, detail)]
+            return stored, [
+                Event("teleconsult-escalate", (f"Task/{task_id}",), patients, detail=detail)
+            ]
 
         return self.records.run(SYSTEM, "teleconsult-escalate", work, about=[f"Task/{task_id}"])
 
