@@ -196,7 +196,13 @@ class Courier:
         sent["for"] = subject
         sent["focus"] = portable.key_reference(key, "ServiceRequest")
         sent["owner"] = task["owner"]
-        return [sent, request, portable.patient(patient)]
+        documents = [
+            portable.document(store.read(conn, "DocumentReference", ref["reference"][18:]).json())
+            | {"identifier": [ref["identifier"]]}
+            for ref in sr.get("supportingInfo", [])
+            if ref.get("reference", "").startswith("DocumentReference/") and ref.get("identifier")
+        ]
+        return [sent, request, portable.patient(patient), *(d for d in documents if d["content"])]
 
     @staticmethod
     def _requester(conn: Connection, sr: dict[str, Any], patient: dict[str, Any]) -> dict[str, Any]:

@@ -177,11 +177,19 @@ class Inbox:
             "requester": requester,
             "performer": [{"reference": f"Organization/{here}"}],
         }
-        studies = [
-            self._study(conn, ref, patient.res_id) for ref in sr_in.get("supportingInfo", [])
+        documents = [
+            self._document(conn, peer, body, patient.res_id)
+            for body in message.resources.get("DocumentReference", [])
         ]
-        if any(studies):
-            sr_body["supportingInfo"] = [s for s in studies if s]
+        supporting = [
+            self._study(conn, ref, patient.res_id) for ref in sr_in.get("supportingInfo", [])
+        ] + [
+            {"type": "DocumentReference", "identifier": d.json()["identifier"][0]}
+            | {"reference": f"DocumentReference/{d.res_id}"}
+            for d in documents
+        ]
+        if any(supporting):
+            sr_body["supportingInfo"] = [s for s in supporting if s]
         sr, _ = self.records.create_in(conn, peer, "ServiceRequest", sr_body)
         task_body = {
             **_pick(task_in, *_TASK_FIELDS),
@@ -197,7 +205,28 @@ class Inbox:
             ],
         }
         task, _ = self.records.create_in(conn, peer, "Task", task_body)
-        return [patient, sr, task], None
+        return [patient, sr, task, *documents], None
+
+    def _document(self, conn: Connection, peer: Principal, body: Any, patient: str) -> Stored:
+        """A document sent with a request, filed under the resident, held by the clinic."""
+        ident = ((body.get("identifier") or [None])[0]) if isinstance(body, dict) else None
+        if not isinstance(ident, dict) or not ident.get("value"):
+            raise Invalid(
+                "a document sent with a request carries its identifier",
+                expression=["DocumentReference.identifier"],
+            )
+        document = portable.document(body) | {
+            "identifier": [_pick(ident, "system", "value")],
+            "subject": {"reference": f"Patient/{patient}"},
+            "custodian": {"reference": f"Organization/{peer.organization}"},
+        }
+        if not document["content"]:
+            raise Invalid(
+                "a document sent with a request carries its content",
+                expression=["DocumentReference.content"],
+            )
+        stored, _ = self.records.create_in(conn, peer, "DocumentReference", document)
+        return stored
 
     def _served(self, conn: Connection, message: Message) -> str:
         """The Organization id of the member a message is for, if this gateway serves it."""

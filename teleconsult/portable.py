@@ -51,6 +51,23 @@ def strip(body: dict[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(v) for k, v in body.items() if k not in _DROP}
 
 
+_DOCUMENT_FIELDS = ("status", "docStatus", "type", "category", "date", "description")
+_ATTACHMENT_FIELDS = ("contentType", "language", "data", "size", "hash", "title", "creation")
+
+
+def document(body: dict[str, Any]) -> dict[str, Any]:
+    """What of a DocumentReference travels: its description and the content held inline (an
+    attachment that only points at this gateway is of no use elsewhere)."""
+    out: dict[str, Any] = {"resourceType": "DocumentReference"}
+    out |= {k: copy.deepcopy(body[k]) for k in _DOCUMENT_FIELDS if k in body}
+    out["content"] = [
+        {"attachment": {k: v for k, v in item["attachment"].items() if k in _ATTACHMENT_FIELDS}}
+        for item in body.get("content", [])
+        if isinstance(item, dict) and (item.get("attachment") or {}).get("data")
+    ]
+    return out
+
+
 def by_identifier(ref: dict[str, Any]) -> dict[str, Any] | None:
     """A reference kept only by its identifier (local ones dropped), or None without one."""
     if not ref.get("identifier"):

@@ -51,6 +51,7 @@ from teleconsult.routing import (
 )
 
 REPORT_SYSTEM = "urn:yilian:teleconsult-report"
+DOCUMENT_SYSTEM = "urn:yilian:teleconsult-document"  # a document sent with a request
 PEER = "urn:yilian:teleconsult-peer"  # Task extension: the member code on the other side
 SELF = "urn:yilian:teleconsult-self"  # Task extension: this side's member code
 SERVICE = "urn:yilian:teleconsult-service"  # Task extension: the department routed to
@@ -194,11 +195,13 @@ class Teleconsult:
         found = self._visible(conn, who, rtype, rid)
         if found.patient_id != patient:
             raise Invalid(f"{rtype}/{rid} belongs to another patient", expression=[rtype])
-        ref: dict[str, Any] = {"reference": f"{rtype}/{rid}"}
+        ref: dict[str, Any] = {"reference": f"{rtype}/{rid}", "type": rtype}
         identifiers = found.json().get("identifier") or []
         if identifiers:
             ident = identifiers[0] if isinstance(identifiers, list) else identifiers
             ref["identifier"] = {k: ident[k] for k in ("system", "value") if k in ident}
+        elif rtype == "DocumentReference":  # travels with the request, known by this key
+            ref["identifier"] = {"system": DOCUMENT_SYSTEM, "value": rid}
         return ref
 
     def decide(self, conn: Connection, request: RouteRequest) -> RouteDecision:

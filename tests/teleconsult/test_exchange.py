@@ -596,3 +596,51 @@ def test_a_malformed_message_gets_an_operation_outcome_not_a_server_error(pair, 
         answer = client.post(f"{hospital.base}/fhir/$process-message", json=bad, headers=peer)
     assert answer.status_code == 400
     assert "every entry of a message holds a resource" in answer.text
+
+
+def test_documents_travel_with_the_request_and_are_filed_under_the_resident(pair, consortium_ca):
+    import base64
+
+    from records import store
+
+    township, hospital = pair
+    letter = "转诊单：胸闷三天，心电图示ST段压低".encode()
+    document = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "description": "转诊单 referral letter",
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain; charset=utf-8",
+                    "data": base64.b64encode(letter).decode(),
+                    "title": "转诊单",
+                }
+            },
+            {"attachment": {"contentType": "application/pdf", "url": "Binary/local-only"}},
+        ],
+    }
+    with township.api(consortium_ca) as api:
+        made = api.post(
+            "/fhir/DocumentReference",
+            json=document,
+            headers={**township.token("doctor.xingfu"), "Content-Type": "application/fhir+json"},
+        )
+    assert made.status_code == 201, made.text
+    key = _request(township, consortium_ca, documents=[made.json()["id"]])["task"]["key"]
+    township.deliver()
+    there = hospital.task(key)
+    with hospital.ctx.engine.connect() as conn:
+        sr = store.read(conn, "ServiceRequest", there["focus"]["reference"].split("/")[1]).json()
+        [ref] = [r for r in sr["supportingInfo"] if r["type"] == "DocumentReference"]
+        filed = store.read(conn, "DocumentReference", ref["reference"].split("/")[1]).json()
+    assert filed["subject"] == {"reference": there["for"]["reference"]}
+    assert filed["custodian"] == {"reference": "Organization/XINGFU-THC"}
+    assert filed["description"] == "转诊单 referral letter"
+    [content] = filed["content"]  # the attachment that only pointed at the township stayed
+    assert base64.b64decode(content["attachment"]["data"]) == letter
+    # the specialist reads it through the FHIR API
+    with hospital.api(consortium_ca) as api:
+        read = api.get(f"/fhir/{ref['reference']}", headers=hospital.token("specialist.city"))
+    assert read.status_code == 200, read.text
