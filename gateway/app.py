@@ -15,7 +15,17 @@ from gateway.context import Context
 from gateway.fhirhttp import error_response, outcome_response
 from gateway.listeners import Listeners
 from gateway.observability import Metrics, RequestLog, outbox_metrics
-from gateway.routers import admin, auth, dicomweb, fhir, health, hl7, pages, teleconsult
+from gateway.routers import (
+    admin,
+    auth,
+    dicomweb,
+    fhir,
+    health,
+    hl7,
+    notifications,
+    pages,
+    teleconsult,
+)
 from gateway.settings import Settings
 from records.errors import FhirError
 from teleconsult.deadlines import Deadlines
@@ -98,6 +108,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(teleconsult.router)  # before fhir: /fhir/$process-message, Task ops
+    app.include_router(notifications.router)
     app.include_router(fhir.router)
     app.include_router(hl7.router)
     app.include_router(dicomweb.router)

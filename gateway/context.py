@@ -22,11 +22,12 @@ from security import signing
 from security.access import AccessPolicy
 from security.tls import certificate_expiry, certificate_file_common_name, client_context
 from security.tokens import TokenIssuer, load_or_create_signing_key
-from teleconsult import lifecycle
+from teleconsult import lifecycle, notify
 from teleconsult.delivery import Courier, Credentials, DeliverySettings
 from teleconsult.inbox import Inbox
 from teleconsult.routing import RoutingRules
 from teleconsult.service import Teleconsult
+from teleconsult.subscription import Subscriptions
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Context:
     courier: Courier
     # blocking work of the listeners (parsing, mapping, database) runs on these threads
     executor: ThreadPoolExecutor = field(repr=False, default_factory=ThreadPoolExecutor)
+    # the FHIR Subscriptions this records boundary matches writes against
+    subscriptions: Subscriptions | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, serving: bool = False) -> Context:
@@ -60,10 +63,14 @@ class Context:
             max_count=settings.page_size_max,
         )
         records.guard("Task", lifecycle.check)
+        records.guard("Communication", notify.check)  # the recipient only marks it read
+        subscriptions = Subscriptions(records)
+        records.guard("Subscription", subscriptions.check)
+        records.observe(subscriptions.written)  # rest-hook matches, in the writer's transaction
         key = load_or_create_signing_key(settings.keys_dir)
         tokens = TokenIssuer(key, settings.token_issuer, settings.token_ttl_seconds)
         # the one writer of ingested data (HL7 and DICOM): one transaction, one fsync, many units
-        committer = GroupCommitter(engine, name="ingest-writer")
+        committer = GroupCommitter(engine, name="ingest-writer", observe=records.written)
         hl7 = Hl7Ingest(
             records,
             IngestSettings(
@@ -108,6 +115,7 @@ class Context:
             Inbox(records, teleconsult, served_members(settings)),
             courier,
             executor,
+            subscriptions,
         )
 
     def close(self) -> None:

@@ -8,7 +8,9 @@ their callers answer nothing (the senders retry). One fsync then covers many mes
 machine's disk a commit costs milliseconds, the writes of a message a fraction of that.
 
 A unit is either a function of the connection or a ``staging.Staged`` unit prepared before:
-consecutive staged units are checked and written together (see ``records.staging``).
+consecutive staged units are checked and written together (see ``records.staging``). What staged
+units write is told to ``observe`` (``RecordService.written``) in the same savepoint, as the
+records boundary tells its observers of what it writes itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +27,7 @@ from sqlalchemy import Connection, Engine
 
 from records import staging
 from records.staging import Staged
+from records.store import Stored
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,9 +40,17 @@ class _Job:
 
 
 class GroupCommitter:
-    def __init__(self, engine: Engine, *, max_batch: int = 64, name: str = "group-commit") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 64,
+        name: str = "group-commit",
+        observe: Callable[[Connection, Sequence[Stored]], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.observe = observe
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
@@ -118,7 +129,7 @@ class GroupCommitter:
         while group:
             holds = staging.holding(conn, group)
             if holds:
-                outcomes += _together(conn, group[:holds])
+                outcomes += _together(conn, group[:holds], self.observe)
             if holds < len(group):
                 stale = group[holds]
                 if stale.retry:
@@ -145,10 +156,16 @@ def _fallback(unit: Staged[Any]) -> Callable[[Connection], Any]:
     return unit.fallback
 
 
-def _together(conn: Connection, units: list[Staged[Any]]) -> list[tuple[bool, Any]]:
+def _together(
+    conn: Connection,
+    units: list[Staged[Any]],
+    observe: Callable[[Connection, Sequence[Stored]], None] | None,
+) -> list[tuple[bool, Any]]:
     savepoint = conn.begin_nested()
     try:
         staging.write(conn, units)
+        if observe is not None:
+            observe(conn, [stored for unit in units for stored in unit.rows.written])
     except Exception as exc:  # noqa: BLE001 - each unit then goes its own way
         savepoint.rollback()
         log.warning(

@@ -42,6 +42,8 @@ STORED_TYPES = frozenset(
         "Provenance",
         "Binary",
         "Device",  # imaging modalities, ECG carts, workstations: their DICOM AE titles
+        "Communication",  # notifications the gateway writes to a doctor (teleconsult.notify)
+        "Subscription",  # R4 rest-hook subscriptions (teleconsult.subscription)
     }
 )
 READ_ONLY_TYPES = frozenset({"AuditEvent"})  # generated from the audit chain

@@ -27,6 +27,7 @@ NO_COMPARTMENT = {
     "Location",
     "Endpoint",
     "HealthcareService",
+    "Subscription",
 }
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 

@@ -287,6 +287,34 @@ _register(
     _p("date", "date", "recorded"),
 )
 _register("Binary")
+_register(
+    "Communication",
+    _IDENT,
+    _p("subject", "reference", "subject"),
+    _p("recipient", "reference", "recipient"),
+    _p("sender", "reference", "sender"),
+    _p("category", "token", "category"),
+    _p("status", "token", "status"),
+    _p("sent", "date", "sent"),
+    _p("received", "date", "received"),
+    _p("part-of", "reference", "partOf"),
+    _p("based-on", "reference", "basedOn"),
+    _p("encounter", "reference", "encounter"),
+    _p("medium", "token", "medium"),
+    _p("about", "reference", "about"),  # not an R4 parameter: the Task a notification is about
+)
+_register(
+    "Subscription",
+    _p("status", "token", "status"),
+    _p("type", "token", "channel.type"),
+    _p("url", "token", "channel.endpoint"),
+    _p("payload", "token", "channel.payload"),
+    _p("criteria", "string", "criteria"),
+    _p("contact", "token", "contact"),
+    # not an R4 parameter: the Practitioner whose Subscription it is (its owner extension,
+    # written by the gateway; teleconsult.subscription), which the access rules read
+    _p("owner", "reference", "extension.valueReference"),
+)
 # AuditEvent is generated from the audit chain, not indexed: these name what its search accepts.
 _register(
     "AuditEvent",
@@ -314,6 +342,7 @@ COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {
     "Consent": ("patient",),
     "Provenance": ("target",),
     "Binary": ("securityContext",),
+    "Communication": ("subject", "sender", "recipient"),
 }
 
 

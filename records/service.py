@@ -10,7 +10,7 @@ to its protocol (HTTP status + OperationOutcome for the FHIR API).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Writes of a transaction whose access check waits until every entry is written.
 Deferred = list[tuple[str, str, Scope]]
-# A rule a write of one type must keep (who, the current JSON or None, the new JSON); it raises
-# a FhirError to refuse. Registered by the package that owns the rule (teleconsult: Task).
-# a guard sees (who, the live body before or None, the body to be written or None to delete)
-Guard = Callable[[Principal, dict[str, Any] | None, dict[str, Any] | None], None]
+# A rule a write of one type must keep (who, the live body before or None, the body to be
+# written or None to delete); it raises a FhirError to refuse, and may return the body to write
+# instead (with the elements the server owns filled in: a Subscription's owner and status).
+# Registered by the package that owns the rule (teleconsult: Task, Communication, Subscription).
+Guard = Callable[[Principal, dict[str, Any] | None, dict[str, Any] | None], dict[str, Any] | None]
+# Told of the versions written in a unit of work, inside its transaction, before it commits
+# (a deletion is a version with ``deleted`` set): what it writes commits with them or not at all.
+Observer = Callable[[Connection, Sequence[Stored]], None]
 
 
 @dataclass
@@ -66,10 +70,22 @@ class RecordService:
         self.default_count = default_count
         self.max_count = max_count
         self.guards: dict[str, Guard] = {}
+        self.observers: list[Observer] = []
 
     def guard(self, rtype: str, rule: Guard) -> None:
         """Run ``rule`` on every create, update and delete of ``rtype``, whoever writes it."""
         self.guards[rtype] = rule
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` of every version written through this boundary (and the staged
+        ingest path, which calls ``written``), in the writing transaction."""
+        self.observers.append(observer)
+
+    def written(self, conn: Connection, versions: Sequence[Stored]) -> None:
+        """Versions were written in ``conn``'s unit of work: tell the observers."""
+        if versions:
+            for observer in self.observers:
+                observer(conn, versions)
 
     # -- the unit of work ------------------------------------------------------------------
 
@@ -246,11 +262,12 @@ class RecordService:
             if existing:
                 return existing[0], False
         rid = rid or ids.new_id()
-        self._check_guard(who, rtype, None, body)
+        body = self._guarded(who, rtype, None, body)
         self._check_prior_reach(conn, rtype, rid, body, scope)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "POST")
         self._check_reach(conn, rtype, rid, scope, deferred)
+        self.written(conn, [stored])
         return stored, True
 
     def update(
@@ -294,11 +311,12 @@ class RecordService:
                 raise PreconditionFailed(
                     f"If-Match {if_match} but the current version is {have or 'none'}"
                 )
-        self._check_guard(who, rtype, existing.json() if live and existing else None, body)
+        body = self._guarded(who, rtype, existing.json() if live and existing else None, body)
         self._check_prior_reach(conn, rtype, rid, body, scope)
         self._check_unique_resident_id(conn, rtype, rid, body)
         stored = store.write(conn, rtype, rid, body, "PUT")
         self._check_reach(conn, rtype, rid, scope, deferred)
+        self.written(conn, [stored])
         return stored, not live
 
     def _check_reach(
@@ -349,7 +367,10 @@ class RecordService:
             raise NotFound(f"{rtype}/{rid} is not known")
         if not existing.deleted:
             self._check_guard(who, rtype, existing.json(), None)
-        return store.remove(conn, rtype, rid)
+        removed = store.remove(conn, rtype, rid)
+        if removed is not None:
+            self.written(conn, [removed])
+        return removed
 
     def _check_guard(
         self, who: Principal, rtype: str, old: dict[str, Any] | None, new: dict[str, Any] | None
@@ -357,6 +378,14 @@ class RecordService:
         rule = self.guards.get(rtype)
         if rule is not None:
             rule(who, old, new)
+
+    def _guarded(
+        self, who: Principal, rtype: str, old: dict[str, Any] | None, new: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The body to write: ``new`` as its type's guard passed it, or completed by it."""
+        rule = self.guards.get(rtype)
+        completed = rule(who, old, new) if rule is not None else None
+        return new if completed is None else completed
 
     def _check_writable_type(self, rtype: str) -> None:
         fhirtypes.check_type(rtype)
@@ -637,7 +666,7 @@ class RecordService:
         scope = self.scope(who, "Patient", Action.UPDATE)
         source = self._visible_current(conn, "Patient", source_id, scope)
         target = self._visible_current(conn, "Patient", target_id, scope)
-        moved = []
+        moved, versions = [], []
         rows = conn.execute(
             select(resource.c.res_type, resource.c.res_id).where(
                 resource.c.patient_id == source_id,
@@ -647,7 +676,9 @@ class RecordService:
         ).all()
         for rtype, rid in rows:
             body = store.current(conn, rtype, rid).json()  # type: ignore[union-attr]
-            store.write(conn, rtype, rid, _repoint(body, source_id, target_id), "PUT")
+            versions.append(
+                store.write(conn, rtype, rid, _repoint(body, source_id, target_id), "PUT")
+            )
             moved.append(f"{rtype}/{rid}")
         src = source.json()
         src["active"] = False
@@ -655,13 +686,15 @@ class RecordService:
             *[x for x in src.get("link", []) if x.get("type") != "replaced-by"],
             {"other": {"reference": f"Patient/{target_id}"}, "type": "replaced-by"},
         ]
-        store.write(conn, "Patient", source_id, src, "PUT")
+        versions.append(store.write(conn, "Patient", source_id, src, "PUT"))
         tgt = target.json()
         tgt["link"] = [
             *tgt.get("link", []),
             {"other": {"reference": f"Patient/{source_id}"}, "type": "replaces"},
         ]
-        return store.write(conn, "Patient", target_id, tgt, "PUT"), moved
+        merged = store.write(conn, "Patient", target_id, tgt, "PUT")
+        self.written(conn, [*versions, merged])
+        return merged, moved
 
     def find_by_identifiers(
         self, conn: Connection, keys: list[tuple[str, str, str]]
@@ -687,6 +720,7 @@ class RecordService:
             scope = scopes[stored.res_type]
             if not scope.unrestricted:
                 self._check_reach(conn, stored.res_type, stored.res_id, scope, None)
+        self.written(conn, written)
         return written
 
     def stage_batch(
@@ -731,7 +765,7 @@ class RecordService:
             if rtype in self.guards:
                 before = None if new else store.current(conn, rtype, rid)
                 old = before.json() if before and not before.deleted else None
-                self._check_guard(who, rtype, old, prepared)
+                prepared = self._guarded(who, rtype, old, prepared)
             self._check_unique_resident_id(conn, rtype, rid, prepared, lock=lock)
             pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
         return pending

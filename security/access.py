@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from security.principal import Principal
+from security.principal import Principal, Role
 
 
 class Action(StrEnum):
@@ -56,6 +56,11 @@ CLINICAL_TYPES = frozenset(
     }
 )
 AUDIT_TYPE = "AuditEvent"
+# What a person is told, and how they ask to be told: notifications are Communications the
+# gateway writes to one recipient (a Practitioner, or a resident's Patient); Subscriptions push
+# them (R4 rest-hook). Both follow their own rules (``_communication``, ``_subscription``).
+COMMUNICATION_TYPE = "Communication"
+SUBSCRIPTION_TYPE = "Subscription"
 
 # What each clinical role may write (reads follow from the scope).
 _DOCTOR_WRITES = CLINICAL_TYPES | {"Coverage", "Claim"}
@@ -114,6 +119,11 @@ class AccessPolicy:
     """Role-based rules of the consortium (DESIGN.md, 'Who uses it')."""
 
     def decide(self, who: Principal, resource_type: str, action: Action) -> Decision:
+        if who.role != Role.SYSTEM:
+            if resource_type == COMMUNICATION_TYPE:
+                return self._communication(who, action)
+            if resource_type == SUBSCRIPTION_TYPE:
+                return self._subscription(who, action)
         rule = getattr(self, f"_{who.role.value}", None)
         if rule is None:
             return Decision.deny(f"role {who.role} has no access rules")
@@ -204,6 +214,58 @@ class AccessPolicy:
             return Decision(True, Scope(patients=PatientSet(), include_unowned=False))
         patients = PatientSet(managed_by=who.organization, routed_to=who.organization)
         return Decision(True, Scope(patients=patients, include_unowned=False))
+
+    # -- notifications and subscriptions -----------------------------------------------------
+
+    @staticmethod
+    def _communication(who: Principal, action: Action) -> Decision:
+        """A notification is read by its recipient only, within the patients the recipient
+        reaches anyway; the recipient marks it read (an update the Communication guard limits
+        to ``received``); only the gateway writes or deletes one."""
+        if action in (Action.CREATE, Action.DELETE):
+            return Decision.deny(
+                "notifications are written by the gateway; their recipient marks them read"
+            )
+        if who.role == Role.RESIDENT:
+            me = f"Patient/{who.patient_id}" if who.patient_id else None
+            patients = PatientSet(ids=frozenset({who.patient_id} if who.patient_id else ()))
+            unowned = False
+        elif who.role == Role.TOWNSHIP_DOCTOR:
+            me = f"Practitioner/{who.practitioner_id}" if who.practitioner_id else None
+            patients = PatientSet(managed_by=who.organization, requested_by=who.practitioner_id)
+            unowned = True
+        elif who.role == Role.SPECIALIST:
+            me = f"Practitioner/{who.practitioner_id}" if who.practitioner_id else None
+            patients = PatientSet(routed_to=who.organization)
+            unowned = True
+        else:
+            return Decision.deny(
+                "notifications are read by the doctor, specialist or resident they are addressed to"
+            )
+        if me is None:  # an account that is no Practitioner or Patient receives nothing
+            return Decision(True, Scope(patients=PatientSet(), include_unowned=False))
+        return Decision(
+            True, Scope(patients=patients, include_unowned=unowned, reference=("recipient", me))
+        )
+
+    @staticmethod
+    def _subscription(who: Principal, action: Action) -> Decision:
+        """Administrators manage every Subscription (the Subscription guard lets them only turn
+        another user's off); a doctor or specialist who is a Practitioner has their own (its
+        owner extension names them), whose criteria the guard keeps to their notifications."""
+        if who.role == Role.ADMIN:
+            return Decision(True)
+        if who.role in (Role.TOWNSHIP_DOCTOR, Role.SPECIALIST):
+            if not who.practitioner_id:
+                return Decision.deny(
+                    "only an account linked to a Practitioner subscribes to its notifications"
+                )
+            owner = ("owner", f"Practitioner/{who.practitioner_id}")
+            return Decision(True, Scope(reference=owner))
+        return Decision.deny(
+            "Subscriptions are made by administrators, and by doctors and specialists for "
+            "their own notifications"
+        )
 
     @staticmethod
     def _directory_read_only(action: Action) -> Decision:

@@ -29,7 +29,7 @@ from records.audit_log import Event
 from records.errors import FhirError
 from records.store import Stored
 from security.principal import SYSTEM
-from teleconsult import directory, lifecycle
+from teleconsult import directory, lifecycle, notify
 from teleconsult.routing import NoRoute
 from teleconsult.service import PEER, SERVICE, Teleconsult, _now, extension, pass_over
 
@@ -88,6 +88,7 @@ class Deadlines:
             body = current.json()
             missed = str(extension(body, PEER) or "")
             stored, detail = self._elsewhere(conn, task_id, body, missed, now)
+            notify.task_changed(self.records, conn, stored, current.json()["status"], "escalated")
             patients = (stored.patient_id,) if stored.patient_id else ()
             return stored, [
                 Event("teleconsult-escalate", (f"Task/{task_id}",), patients, detail=detail)

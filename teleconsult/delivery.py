@@ -125,6 +125,10 @@ class Courier:
     # -- one row ----------------------------------------------------------------------------
 
     def _deliver(self, entry: Entry) -> None:
+        if entry.channel == "rest-hook":  # a FHIR Subscription's notification, not a member's
+            from teleconsult.subscription import deliver_hook  # (which imports this module)
+
+            return deliver_hook(self.records, entry, self.settings)
         expires = self.settings.certificate_expires
         if expires is not None and expires < datetime.now(UTC):
             raise DeliveryError(
@@ -378,7 +382,9 @@ class Courier:
         def work(conn: Connection) -> tuple[None, list[Event]]:
             if not outbox.delivered(conn, entry):
                 return None, []  # no longer our claim: its holder records the outcome
-            task = store.current(conn, "Task", task_id) if task_id else None
+            if task_id is None:
+                return None, []  # not a request's (a Subscription's notification audits its own)
+            task = store.current(conn, "Task", task_id)
             patients = (task.patient_id,) if task and task.patient_id else ()
             events = [
                 Event(

@@ -31,7 +31,7 @@ from records.service import RecordService
 from records.store import Stored
 from security import signing
 from security.principal import SYSTEM, Principal
-from teleconsult import directory, lifecycle, messages, portable
+from teleconsult import directory, lifecycle, messages, notify, portable
 from teleconsult.messages import Message, key_of
 from teleconsult.service import PEER, SELF, SERVICE, Teleconsult, extension, pass_over
 
@@ -291,6 +291,7 @@ class Inbox:
         stored, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
         if status == lifecycle.REJECTED and extension(body, SERVICE):
             stored = self._reroute(conn, stored, message.source)
+        notify.task_changed(self.records, conn, stored, task.json().get("status"), message.event)
         return [stored], None
 
     # -- report: the hospital's signed report comes back ----------------------------------
@@ -339,6 +340,9 @@ class Inbox:
             body, stored.res_id, message.one("Task").get("lastModified")
         )
         done, _ = self.records.update_in(conn, peer, "Task", task.res_id, body)
+        notify.task_changed(
+            self.records, conn, done, task.json().get("status"), "report", stored.res_id
+        )
         return [stored, prov, done], None
 
     def _same_request(

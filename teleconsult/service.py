@@ -37,7 +37,7 @@ from records.store import Stored
 from security import signing
 from security.access import Action
 from security.principal import SYSTEM, Principal, Role
-from teleconsult import directory, lifecycle
+from teleconsult import directory, lifecycle, notify
 from teleconsult.messages import key_of, request_key
 from teleconsult.portable import signed_form
 from teleconsult.routing import (
@@ -410,6 +410,8 @@ class Teleconsult:
             stored, _ = self.records.update_in(conn, who, "Task", task_id, body)
             if status != before and tell:
                 self.tell_peer(conn, stored.json() | {"id": task_id})
+            if status != before:
+                notify.task_changed(self.records, conn, stored, before, "status", by=who)
         event = Event(
             "teleconsult-status",
             (f"Task/{task_id}",),

@@ -77,6 +77,8 @@ def reset(ctx: Context) -> None:
             conn.execute(delete(table))
         conn.execute(insert(schema.audit_head).values(id=1, seq=0, hash="0" * 64))
     ctx.dicom.forget_devices()
+    if ctx.subscriptions is not None:
+        ctx.subscriptions.invalidate()  # the rows went without the records boundary seeing it
 
 
 @pytest.fixture

@@ -99,7 +99,9 @@ class Hl7Ingest:
     ) -> None:
         self.records = records
         self.settings = settings or Settings()
-        self.committer = committer or GroupCommitter(records.engine, name="hl7-writer")
+        self.committer = committer or GroupCommitter(
+            records.engine, name="hl7-writer", observe=records.written
+        )
         self._members: dict[str, str] = {}  # MSH-4 code -> Organization id, once seen registered
         # prepares messages in other processes (``adapters.hl7v2.workers``); None: in this one
         self.stager: Callable[[bytes, Origin], Prepared] | None = None

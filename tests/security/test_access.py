@@ -302,3 +302,68 @@ def test_device_reads_no_financial_or_audit_data(rtype: str) -> None:
 def test_device_of_no_organization_sees_nobody() -> None:
     decision = decide(Principal("dicom:X", Role.DEVICE), "ImagingStudy", Action.SEARCH)
     assert decision.allowed and decision.scope.patients == PatientSet()
+
+
+# -- notifications (Communication) and Subscriptions --------------------------------------------
+
+DEVICE = Principal("XINGFU_CT", Role.DEVICE, "XINGFU_THC")
+PEER = Principal("city-first-gateway", Role.PEER, "CITY_FIRST")
+
+
+@pytest.mark.parametrize("action", READ_ACTIONS + [Action.UPDATE])
+def test_a_notification_is_read_and_marked_read_by_its_recipient_only(action: Action) -> None:
+    doctor = decide(DOCTOR, "Communication", action)
+    assert doctor.allowed
+    assert doctor.scope.reference == ("recipient", "Practitioner/P7")
+    assert doctor.scope.patients == PatientSet(managed_by="XINGFU_THC", requested_by="P7")
+    specialist = decide(SPECIALIST, "Communication", action)
+    assert specialist.scope.reference == ("recipient", "Practitioner/P9")
+    assert specialist.scope.patients == PatientSet(routed_to="COUNTY_HOSPITAL")
+    resident = decide(RESIDENT, "Communication", action)
+    assert resident.scope == Scope(
+        patients=PatientSet(ids=frozenset({"42"})),
+        include_unowned=False,
+        reference=("recipient", "Patient/42"),
+    )
+
+
+@pytest.mark.parametrize("who", [DOCTOR, SPECIALIST, RESIDENT])
+@pytest.mark.parametrize("action", [Action.CREATE, Action.DELETE])
+def test_only_the_gateway_writes_or_removes_a_notification(who: Principal, action: Action) -> None:
+    assert not allowed(who, "Communication", action)
+    assert allowed(SYSTEM, "Communication", action)
+
+
+@pytest.mark.parametrize("who", [ADMIN, INSURER, DEVICE, PEER])
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_others_read_no_notifications(who: Principal, action: Action) -> None:
+    assert not allowed(who, "Communication", action)
+
+
+def test_an_account_that_is_no_practitioner_receives_nothing() -> None:
+    nobody = Principal("doctor.new", Role.TOWNSHIP_DOCTOR, "XINGFU_THC")
+    decision = decide(nobody, "Communication", Action.SEARCH)
+    assert decision.allowed
+    assert decision.scope == Scope(patients=PatientSet(), include_unowned=False)
+
+
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_admin_manages_every_subscription(action: Action) -> None:
+    assert decide(ADMIN, "Subscription", action) == Decision(True)
+
+
+@pytest.mark.parametrize("who", [DOCTOR, SPECIALIST])
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_a_clinician_has_their_own_subscriptions(who: Principal, action: Action) -> None:
+    decision = decide(who, "Subscription", action)
+    assert decision.allowed
+    assert decision.scope == Scope(reference=("owner", f"Practitioner/{who.practitioner_id}"))
+
+
+@pytest.mark.parametrize(
+    "who",
+    [RESIDENT, INSURER, DEVICE, PEER, Principal("d", Role.TOWNSHIP_DOCTOR, "XINGFU_THC")],
+)
+@pytest.mark.parametrize("action", ALL_ACTIONS)
+def test_others_make_no_subscriptions(who: Principal, action: Action) -> None:
+    assert not allowed(who, "Subscription", action)

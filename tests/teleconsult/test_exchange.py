@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from records import inbound, outbox
+from security.principal import SYSTEM
 from teleconsult.routing import RoutingRules
 from tests.teleconsult.conftest import HOSPITAL, TOWNSHIP, Member, running_member
 from tests.tls import make_ca
@@ -244,12 +245,16 @@ def test_a_rejection_with_nowhere_else_to_go_stays_rejected_for_the_doctor(pair,
 
 
 def _dead_and_failed(township: Member, key: str, reason: str) -> None:
-    [row] = township.outbox()
+    [row] = [r for r in township.outbox() if r.channel != "rest-hook"]
     assert row.status == "dead", row
     assert reason in (row.last_error or ""), row.last_error
     task = township.task(key)
     assert task["status"] == "failed"
     assert "could not be delivered" in task["statusReason"]["text"]
+    told = township.ctx.records.search(
+        SYSTEM, "Communication", [("about", f"Task/{task['id']}")]
+    ).matches
+    assert [c.json()["category"][0]["coding"][0]["code"] for c in told] == ["undeliverable"]
 
 
 def test_our_expired_certificate_holds_the_request_and_nothing_is_sent(

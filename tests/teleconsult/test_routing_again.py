@@ -47,6 +47,7 @@ def test_a_submitted_draft_is_routed_and_goes_out(pair, consortium_ca):
     township.deliver()
     assert hospital.task(key)["status"] == "received"
     assert township.task(key)["status"] == "received"
+    assert _told(township, consortium_ca) == ["received"]  # not of the doctor's own submit
 
 
 def test_a_declined_request_nobody_else_takes_is_owned_by_no_one_and_cannot_be_resent(
@@ -102,6 +103,14 @@ def test_rerouting_keeps_the_requests_specialty(pair, consortium_ca):
     assert again.specialty == "394579002" and again.exclude == frozenset({"CITY_FIRST"})
 
 
+def _told(member: Member, ca: Any) -> list[str]:
+    """The codes of the requesting doctor's notifications, oldest first."""
+    with member.api(ca) as api:
+        listed = api.get("/api/notifications", headers=member.token("doctor.xingfu"))
+    assert listed.status_code == 200, listed.text
+    return [n["code"] for n in reversed(listed.json()["items"])]
+
+
 def _late(township: Member, hours: int = 3) -> None:
     township.ctx.teleconsult.clock = lambda: (MONDAY_10 + timedelta(hours=hours)).astimezone(UTC)
 
@@ -128,6 +137,7 @@ def test_a_missed_deadline_sends_the_request_elsewhere_and_withdraws_it(pair, co
     township.deliver()
     assert hospital.task(key)["status"] == "cancelled"  # withdrawn from the first hospital
     assert sweep.sweep() == []  # the new deadline is not missed
+    assert _told(township, consortium_ca) == ["received", "escalated"]
 
 
 def test_a_missed_deadline_nobody_else_can_take_is_noted_once(pair, consortium_ca):
@@ -145,6 +155,7 @@ def test_a_missed_deadline_nobody_else_can_take_is_noted_once(pair, consortium_c
     assert "无其他医院可接收" in task["note"][-1]["text"]
     assert sweep.sweep() == []  # acted on once
     assert [e.topic for e in township.outbox() if e.status == "pending"] == []
+    assert _told(township, consortium_ca) == ["received", "escalated"]
 
 
 def test_an_accepted_request_is_not_taken_from_its_specialist(pair, consortium_ca):
