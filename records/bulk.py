@@ -62,7 +62,7 @@ def bind(table: Table, dialect: Dialect, rows: list[dict[str, Any]]) -> list[tup
         return []
     prepared = _prepare(table, dialect)
     pairs = list(zip(prepared.keys, prepared.processors, strict=True))
-    return [tuple(p(row.get(k)) if p else row.get(k) for k, p in pairs) for row in rows]
+    return [tuple([p(row.get(k)) if p else row.get(k) for k, p in pairs]) for row in rows]
 
 
 def insert_bound(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:

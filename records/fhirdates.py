@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 _DATE = re.compile(
@@ -20,6 +21,7 @@ MIN = datetime(1, 1, 1, tzinfo=UTC)
 MAX = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)  # a message repeats its dates (each result's time, the report's)
 def parse_range(text: str) -> tuple[datetime, datetime] | None:
     match = _DATE.match(text.strip())
     if not match:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -68,6 +70,7 @@ class _Property:
 
 @dataclass
 class _Definition:
+    name: str
     json_type: tuple[type, ...] | None = None
     pattern: re.Pattern[str] | None = None
     properties: dict[str, _Property] | None = None
@@ -81,7 +84,9 @@ class _Definition:
 def _compiled(name: str) -> _Definition:
     raw = definitions()[name]
     if "oneOf" in raw:
-        return _Definition(one_of=frozenset(r["$ref"].rsplit("/", 1)[1] for r in raw["oneOf"]))
+        return _Definition(
+            name, one_of=frozenset(r["$ref"].rsplit("/", 1)[1] for r in raw["oneOf"])
+        )
     if "properties" in raw:
         props = {}
         for pname, spec in raw["properties"].items():
@@ -95,11 +100,11 @@ def _compiled(name: str) -> _Definition:
                 json_type=_JSON_TYPES[inner["type"]] if "type" in inner else None,
                 pattern=re.compile(inner["pattern"]) if "pattern" in inner else None,
             )
-        return _Definition(properties=props, required=tuple(raw.get("required", ())))
+        return _Definition(name, properties=props, required=tuple(raw.get("required", ())))
     if "type" in raw:
         pattern = re.compile(raw["pattern"]) if "pattern" in raw else None
-        return _Definition(json_type=_JSON_TYPES[raw["type"]], pattern=pattern)
-    return _Definition(anything=True)
+        return _Definition(name, json_type=_JSON_TYPES[raw["type"]], pattern=pattern)
+    return _Definition(name, anything=True)
 
 
 def errors(resource: Any, limit: int = 10) -> list[str]:
@@ -110,8 +115,118 @@ def errors(resource: Any, limit: int = 10) -> list[str]:
     rtype = resource["resourceType"]
     if rtype not in definitions() or rtype not in _compiled("ResourceList").one_of:  # type: ignore[operator]
         return [f"'{rtype}' is not an R4 resource type"]
+    if _valid(resource, _compiled(rtype)):  # the usual case: no paths built, no messages
+        return out
     _check(resource, rtype, rtype, out, limit)
     return out
+
+
+def _valid(value: Any, definition: _Definition) -> bool:
+    """Whether ``_check`` would find nothing, decided without building a path or a message
+    (it stops at the first violation; ``errors`` then runs ``_check`` to describe them)."""
+    return _VALIDATORS[definition.name](value)
+
+
+class _Validators(dict[str, Callable[[Any], bool]]):
+    """Definition name -> a function saying whether a value conforms: ``_check``'s rules
+    compiled into closures once per definition, the first time one is needed."""
+
+    def __missing__(self, name: str) -> Callable[[Any], bool]:
+        with _BUILDING:  # one thread builds; a definition's own refs are looked up when called
+            made = self.get(name)
+            if made is None:
+                made = self[name] = _compile(self, _compiled(name))
+            return made
+
+
+def _indirect(validators: _Validators, name: str) -> Callable[[Any], bool]:
+    return lambda value: validators[name](value)
+
+
+def _compile(validators: _Validators, d: _Definition) -> Callable[[Any], bool]:
+    if d.anything:
+        return lambda value: True
+    if d.one_of is not None:
+        one_of = d.one_of
+
+        def resource(value: Any) -> bool:
+            rtype = value.get("resourceType") if isinstance(value, dict) else None
+            return rtype in one_of and validators[rtype](value)
+
+        return resource
+    if d.json_type is not None:
+        return _primitive_validator(d.json_type, d.pattern)
+    props: dict[str, tuple[bool, Callable[[Any], bool]]] = {
+        key: (spec.array, _property_validator(validators, spec))
+        for key, spec in (d.properties or {}).items()
+    }
+    required = d.required
+
+    def element(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return False
+        for key in required:
+            if key not in value:
+                return False
+        for key, item in value.items():
+            spec = props.get(key)
+            if spec is None:
+                return False
+            array, valid = spec
+            if array:
+                if not isinstance(item, list):
+                    return False
+                for one in item:
+                    if not valid(one):
+                        return False
+            elif not valid(item):
+                return False
+        return True
+
+    return element
+
+
+def _property_validator(validators: _Validators, spec: _Property) -> Callable[[Any], bool]:
+    if spec.const is not None:
+        const = spec.const
+        return lambda value: isinstance(value, str) and value == const
+    if spec.enum is not None:
+        enum = spec.enum
+        return lambda value: isinstance(value, str) and value in enum
+    if spec.ref is not None:
+        ref = spec.ref
+        built = validators.get(ref)
+        if built is not None:
+            return built
+        return _indirect(validators, ref)  # not built yet (or recursive): looked up when called
+    if spec.json_type is not None:
+        return _primitive_validator(spec.json_type, spec.pattern)
+    return lambda value: True
+
+
+def _primitive_validator(
+    json_type: tuple[type, ...], pattern: re.Pattern[str] | None
+) -> Callable[[Any], bool]:
+    if json_type == (bool,):
+        return lambda value: isinstance(value, bool)
+    if json_type == (str,):
+        if pattern is None:
+            return lambda value: isinstance(value, str)
+        search = pattern.search
+        return lambda value: isinstance(value, str) and search(value) is not None
+    # numbers: a JSON boolean is not one (in Python it is an int)
+    if pattern is None:
+        return lambda value: isinstance(value, json_type) and not isinstance(value, bool)
+    search = pattern.search
+    return lambda value: (
+        isinstance(value, json_type)
+        and not isinstance(value, bool)
+        and (not isinstance(value, str) or search(value) is not None)
+    )
+
+
+_VALIDATORS = _Validators()
+_BUILDING = threading.Lock()
 
 
 def _check(value: Any, name: str, path: str, out: list[str], limit: int) -> None:

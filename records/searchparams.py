@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from typing import Any
 
 
@@ -348,22 +349,38 @@ COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {
 
 def walk(node: Any, path: str) -> Iterator[Any]:
     """Yield the values at a dotted path, flattening lists at every step."""
+    return iter(_at(node, _steps(path)))
+
+
+@cache
+def _steps(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
+def _at(node: Any, steps: tuple[str, ...]) -> list[Any]:
     items = [node]
-    for part in path.split("."):
+    for part in steps:
         nxt: list[Any] = []
         for item in items:
             if isinstance(item, dict) and part in item:
                 value = item[part]
-                nxt.extend(value if isinstance(value, list) else [value])
+                if isinstance(value, list):
+                    nxt.extend(value)
+                else:
+                    nxt.append(value)
+        if not nxt:
+            return nxt
         items = nxt
-    yield from items
+    return items
 
 
 def values(resource: dict[str, Any], param: Param) -> Iterator[Any]:
-    for path in param.paths:
-        yield from walk(resource, path)
+    if len(param.paths) == 1:
+        return walk(resource, param.paths[0])
+    return iter([value for path in param.paths for value in _at(resource, _steps(path))])
 
 
+@lru_cache(maxsize=4096)  # a message's resources name the same patient, visit, report
 def parse_reference(ref: str) -> tuple[str | None, str] | None:
     """'Patient/1', 'http://x/fhir/Patient/1', 'Patient/1/_history/2' -> ('Patient', '1')."""
     if not ref or ref.startswith("#"):

@@ -623,15 +623,19 @@ def _merge_into(old: dict[str, Any], new: dict[str, Any], keep_identifiers: bool
 
 
 def _resolve(node: Any, resolved: dict[str, str]) -> Any:
-    """Replace references to entries of the translation ("urn:uuid:<key>") by their ids."""
+    """Replace references to entries of the translation ("urn:uuid:<key>") by their ids.
+    The result is a copy (dicts and lists anew, leaves shared): the translation stays as it
+    was, for the one-at-a-time path."""
     if isinstance(node, dict):
-        out = {k: _resolve(v, resolved) for k, v in node.items()}
+        out = {}
+        for k, v in node.items():  # leaves are most of the nodes: no call for them
+            out[k] = _resolve(v, resolved) if isinstance(v, (dict, list)) else v
         ref = out.get("reference")
         if isinstance(ref, str) and ref.startswith("urn:uuid:") and ref[9:] in resolved:
             out["reference"] = resolved[ref[9:]]
         return out
     if isinstance(node, list):
-        return [_resolve(v, resolved) for v in node]
+        return [_resolve(v, resolved) if isinstance(v, (dict, list)) else v for v in node]
     return node
 
 

@@ -58,6 +58,7 @@ class Segment:
     sequence: int  # 1-based position in the message
     message: Message = field(repr=False)
     _reps: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False)
+    _comps: dict[tuple[int, int], list[str]] = field(default_factory=dict, repr=False)
 
     def _mark(self, n: int) -> None:
         self.message.accessed.add((self.sequence, n))
@@ -95,14 +96,24 @@ class Segment:
 
     def components(self, n: int, rep: int = 0) -> list[str]:
         """Components of one repetition of field n (subcomponents joined back with '&')."""
+        return list(self._components(n, rep))  # a copy: callers may extend it
+
+    def _components(self, n: int, rep: int) -> list[str]:
+        cached = self._comps.get((n, rep))
+        if cached is not None:
+            self._mark(n)
+            return cached
         reps = self.reps(n)
         if rep >= len(reps):
-            return []
-        sub = self.message.seps[4]
-        return [sub.join(c) for c in reps[rep]]
+            comps: list[str] = []
+        else:
+            sub = self.message.seps[4]
+            comps = [sub.join(c) for c in reps[rep]]
+        self._comps[(n, rep)] = comps
+        return comps
 
     def value(self, n: int, component: int = 1, rep: int = 0) -> str:
-        comps = self.components(n, rep)
+        comps = self._components(n, rep)
         return comps[component - 1] if component - 1 < len(comps) else ""
 
     def where(self, n: int | None = None, component: int | None = None) -> Location:
