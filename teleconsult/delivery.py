@@ -361,7 +361,13 @@ class Courier:
                     )
 
         try:
-            report = send(paths, destination, timeout=self.settings.timeout, progress=progress)
+            report = send(
+                paths,
+                destination,
+                timeout=self.settings.timeout,
+                progress=progress,  # from one association's thread at a time; raises to stop all
+                associations=None,  # dicom.send.default_associations: up to 3 at once
+            )
         except SendError as exc:
             raise DeliveryError(exc.reason, permanent=exc.permanent) from None
         if report.failed:

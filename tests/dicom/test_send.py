@@ -5,11 +5,14 @@ whether a retry can help."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -23,10 +26,28 @@ import pydicom
 import pytest
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
 
 from dicom.scp import DicomServer, ScpSettings
-from dicom.send import MAX_CONTEXTS, MAX_PDU_SENT, Destination, SendError, _batches, _File, send
+from dicom.send import (
+    COMMAND,
+    DATASET,
+    MAX_ASSOCIATIONS,
+    MAX_CONTEXTS,
+    MAX_PDU_SENT,
+    Destination,
+    SendError,
+    _batches,
+    _c_store_rq,
+    _File,
+    _pdus,
+    default_associations,
+    send,
+)
 from gateway.context import Context
 from security.tls import server_context
 from tests.dicom.orthanc import DicomTls, Orthanc, free_port, running_orthanc
@@ -98,14 +119,18 @@ def syntax_of(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_files_reach_orthanc_over_tls_byte_for_byte(tls_pacs: Orthanc, ca: TestCA) -> None:
+@pytest.mark.parametrize("associations", [1, 3])
+def test_files_reach_orthanc_over_tls_byte_for_byte(
+    tls_pacs: Orthanc, ca: TestCA, associations: int
+) -> None:
     files = samples()
     renewed: list[str] = []
-    report = send(files, to(tls_pacs, ca.client_context("XINGFU_THC")), progress=renewed.append)
+    destination = to(tls_pacs, ca.client_context("XINGFU_THC"))
+    report = send(files, destination, progress=renewed.append, associations=associations)
 
     uids = [uid_of(p) for p in files]
-    assert report.sent == uids and report.failed == []
-    assert renewed == uids  # the caller's lease is renewed after each stored instance
+    assert report.sent == uids and report.failed == []  # in the order of the paths
+    assert sorted(renewed) == sorted(uids)  # the caller's lease is renewed after each one
     assert tls_pacs.instances() == sorted(uids)
     for path, uid in zip(files, uids, strict=True):
         held = held_by(tls_pacs, uid)
@@ -147,6 +172,20 @@ def test_a_client_certificate_orthanc_refuses_is_a_permanent_tls_error(
         send(samples(), to(tls_pacs, context))
     assert caught.value.permanent
     assert caught.value.reason.startswith("TLS: ") and words in caught.value.reason
+    assert tls_pacs.instances() == []
+
+
+@pytest.mark.slow
+def test_a_refused_client_certificate_is_permanent_over_several_associations(
+    tls_pacs: Orthanc, ca: TestCA, foreign_ca: TestCA, tmp_path: Path
+) -> None:
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 12)
+    context = client_context(ca, foreign_ca, "XINGFU_THC")
+    for _ in range(3):  # the TLS alert can come late (TLS 1.3): never taken as transient
+        with pytest.raises(SendError) as caught:
+            send(files, to(tls_pacs, context), associations=4)
+        assert caught.value.permanent, caught.value.reason
+        assert "refused our client certificate" in caught.value.reason
     assert tls_pacs.instances() == []
 
 
@@ -193,12 +232,12 @@ def test_an_unknown_called_ae_title_is_a_permanent_rejection(tmp_path: Path) -> 
     assert "Called AE title not recognised" in caught.value.reason
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_nothing_listening_is_a_transient_error(ca: TestCA, tls: bool) -> None:
+@pytest.mark.parametrize(("tls", "associations"), [(False, 1), (True, 1), (True, 3)])
+def test_nothing_listening_is_a_transient_error(ca: TestCA, tls: bool, associations: int) -> None:
     context = ca.client_context("XINGFU_THC") if tls else None
     destination = Destination("127.0.0.1", free_port(), "NOBODY", tls=context)
     with pytest.raises(SendError) as caught:
-        send(samples(), destination, timeout=5)
+        send(samples(), destination, timeout=5, associations=associations)
     assert not caught.value.permanent and "could not connect" in caught.value.reason
 
 
@@ -228,6 +267,26 @@ class StoreScp:
     def received(self) -> dict[str, Path]:
         """SOP Instance UID -> the file storescp wrote."""
         return {uid_of(p): p for p in self.folder.iterdir() if p.is_file()}
+
+    def files(self) -> list[Path]:
+        return [p for p in self.folder.iterdir() if p.is_file()]
+
+    def log(self) -> str:
+        return (self.folder.parent / f"{self.folder.name}.log").read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        """With --fork: the processes serving an association now (not those that ended, which
+        storescp reaps only when the next association comes)."""
+        pid = self.process.pid
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(c) for c in found if _running(int(c))]
+
+
+def _running(pid: int) -> bool:
+    try:  # /proc/PID/stat: "pid (comm) state ...", state Z for a process that ended
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 @contextmanager
@@ -337,6 +396,202 @@ def test_a_peer_lost_mid_way_is_a_transient_error_after_the_instances_it_took(
     assert renewed == [uid_of(files[0])]
 
 
+# -- several associations at once ------------------------------------------------------------
+
+
+def test_default_associations_open_more_for_a_study_only() -> None:
+    assert [default_associations(n) for n in (0, 1, 3, 8)] == [1, 1, 1, 1]
+    assert [default_associations(n) for n in (9, 16, 17)] == [2, 2, 3]
+    assert default_associations(10_000) == MAX_ASSOCIATIONS
+
+
+def test_zero_associations_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        send(samples(), Destination("127.0.0.1", free_port(), "NOBODY"), associations=0)
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_several_associations_deliver_each_instance_exactly_once(tmp_path: Path) -> None:
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 120)
+    uids = [uid_of(p) for p in files]
+    stored: list[str] = []
+    inside = threading.Lock()
+
+    def progress(uid: str) -> None:  # fails the send if two threads ever call it at once
+        assert inside.acquire(blocking=False), "progress called from two threads at once"
+        try:
+            time.sleep(0.001)
+            stored.append(uid)
+        finally:
+            inside.release()
+
+    # --fork: an association per process, served at once; +uf: a second copy of an instance
+    # would be a second file
+    with storescp(tmp_path, "--fork", "+uf", "+B", "-v") as scp:
+        before = scp.log().count("Association Received")
+        report = send(files, at(scp), associations=3, progress=progress)
+        _wait_for(lambda: scp.children() == [], "the associations to end")
+        opened = scp.log().count("Association Received") - before
+        received = scp.files()
+    # each opened once the one before is: the last one could find the files all taken
+    assert opened in (2, 3)
+    assert report.sent == uids and report.failed == []  # in the order of the paths
+    assert sorted(stored) == sorted(uids)
+    assert sorted(uid_of(p) for p in received) == sorted(uids)  # each one once
+    by_uid = {uid_of(p): p for p in received}
+    assert all(dataset_bytes(by_uid[uid_of(p)]) == dataset_bytes(p) for p in files)
+
+
+@pytest.mark.slow
+def test_an_instance_the_peer_refuses_is_reported_over_several_associations(
+    tmp_path: Path,
+) -> None:
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 20)
+    jpeg = sample("SC_rgb_jpeg_dcmtk.dcm")
+    files.insert(7, jpeg)
+    with storescp(tmp_path, "--fork") as scp:  # uncompressed syntaxes only
+        report = send(files, at(scp), associations=3)
+        _wait_for(lambda: len(scp.files()) == 20, "storescp to write 20 files")
+        received = scp.received()
+    assert [(uid, status) for uid, status, _ in report.failed] == [(uid_of(jpeg), 0x0122)]
+    assert report.sent == [uid_of(p) for p in files if p != jpeg]
+    assert sorted(received) == sorted(report.sent)
+
+
+@pytest.mark.slow
+def test_an_association_lost_mid_way_stops_the_others_and_is_a_transient_error(
+    tmp_path: Path,
+) -> None:
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 200)
+    stored: list[str] = []
+    with storescp(tmp_path, "--fork", "+uf") as scp:
+
+        def one_peer_process_dies(uid: str) -> None:
+            stored.append(uid)
+            if len(stored) == 10:
+                os.kill(scp.children()[0], signal.SIGKILL)  # one association's end
+
+        with pytest.raises(SendError) as caught:
+            send(files, at(scp), timeout=30, associations=3, progress=one_peer_process_dies)
+        _wait_for(lambda: scp.children() == [], "the other associations to end")
+        received = scp.files()
+    assert not caught.value.permanent and "lost" in caught.value.reason
+    assert len(stored) < len(files) and len(received) < len(files)
+
+
+@pytest.mark.slow
+def test_an_error_from_progress_stops_every_association_and_is_raised(tmp_path: Path) -> None:
+    class LeaseLost(Exception):
+        pass
+
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 200)
+    stored: list[str] = []
+
+    def progress(uid: str) -> None:
+        stored.append(uid)
+        if len(stored) == 5:
+            raise LeaseLost
+
+    with storescp(tmp_path, "--fork", "+uf") as scp:
+        with pytest.raises(LeaseLost):
+            send(files, at(scp), associations=3, progress=progress)
+        _wait_for(lambda: scp.children() == [], "the associations to end")
+        received = scp.files()
+    assert len(stored) == 5  # not called again once the send failed
+    assert len(received) < 5 + 3 * 2  # what was in flight, at most
+
+
+@pytest.mark.slow
+def test_a_peer_that_takes_one_association_at_a_time_gets_every_file_over_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynetdicom's own SCP with ``maximum_associations = 1``, as a PACS that limits callers:
+    the extra associations are rejected (transient), and the one it took carries the files."""
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        time.sleep(0.02)  # so the first association is still busy when the next one is asked
+        return 0x0000
+
+    ae = AE(ae_title="ONE_AT_A_TIME")
+    ae.supported_contexts = StoragePresentationContexts
+    ae.maximum_associations = 1
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        port = server.server_address[1]
+        files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 30)
+        with caplog.at_level(logging.WARNING, logger="dicom.send"):
+            report = send(files, Destination("127.0.0.1", port, "ONE_AT_A_TIME"), associations=3)
+    finally:
+        server.shutdown()
+    assert report.sent == [uid_of(p) for p in files] and report.failed == []
+    assert sorted(received) == sorted(report.sent)  # each one once
+    assert any("could not be opened" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_peer_that_serves_one_association_after_the_other_gets_every_file_once(
+    tmp_path: Path,
+) -> None:
+    """storescp without --fork leaves the extra association requests in its listen queue until
+    the first association ends."""
+    files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 30)
+    with storescp(tmp_path, "+uf") as scp:
+        report = send(files, at(scp), associations=3)
+        received = scp.files()
+    assert report.sent == [uid_of(p) for p in files] and report.failed == []
+    assert sorted(uid_of(p) for p in received) == sorted(report.sent)
+
+
+# -- what goes on the wire -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uid", ["1.2.3.4", "1.2.3.45"])  # odd and even lengths (UI padding)
+def test_the_c_store_command_is_the_one_pynetdicom_encodes(uid: str) -> None:
+    request = C_STORE()
+    request.MessageID, request.Priority = 65535, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", uid
+    request.DataSet = BytesIO(b"\x00\x00")  # a dataset follows (Command Data Set Type)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    ours = _c_store_rq("1.2.840.10008.5.1.4.1.1.2", uid, 65535)
+    assert ours == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("pdu_length", [16384, 1000, 64])
+@pytest.mark.parametrize("dataset_length", [0, 1, 30000])
+def test_the_pdus_are_the_ones_pynetdicom_makes(
+    tmp_path: Path, pdu_length: int, dataset_length: int
+) -> None:
+    dataset = os.urandom(dataset_length)
+    (tmp_path / "dataset").write_bytes(dataset)
+    request = C_STORE()
+    request.MessageID, request.Priority = 9, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2"
+    request._dataset_path = (tmp_path / "dataset", 0)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    theirs = b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(5, pdu_length))
+
+    command = _c_store_rq("1.2.840.10008.5.1.4.1.1.2", "1.2", 9)
+    size = pdu_length - 6
+    pdus = _pdus(command, size, 5, COMMAND, last=True)
+    pdus += _pdus(dataset[:size], size, 5, DATASET, last=len(dataset) <= size)  # as read:
+    pdus += _pdus(dataset[size:], size, 5, DATASET, last=True) if len(dataset) > size else []
+    assert b"".join(pdus) == theirs
+
+
 # -- many SOP classes ------------------------------------------------------------------------
 
 
@@ -410,7 +665,7 @@ def test_another_yilian_files_what_it_receives_and_refuses_a_broken_instance(
         tls=ca.client_context("XINGFU_THC"),
         server_hostname="localhost",
     )
-    report = send(files, destination)
+    report = send(files, destination, associations=2)
     assert report.sent == [uid_of(files[0]), uid_of(big)]
     [(uid, status, reason)] = report.failed
     assert uid == no_study.SOPInstanceUID and status == 0xA900 and "StudyInstanceUID" in reason
