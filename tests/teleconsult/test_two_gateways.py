@@ -483,6 +483,14 @@ def test_the_whole_story_with_the_link_cut_once(pair, ca, tmp_path: Path) -> Non
             altered = {**report, "conclusion": "未见异常"}
             signing.verify_signature(signed_form(altered), signature, trusted)
 
+    # the doctor was told of each step without asking: the hospital had it, accepted, reported
+    with township.client() as api:
+        told = api.get("/api/notifications", params={"_count": 50}, headers=doctor)
+    assert told.status_code == 200, told.text
+    for made in (ecg_request, imaging):
+        codes = sorted(n["code"] for n in told.json()["items"] if n["task"] == made["id"])
+        assert codes == ["accepted", "received", "reported"], codes
+
     # nothing twice at the hospital: one Task per request, each instance once, each message once
     for key in keys:
         assert hospital.tasks_for(key) == 1
