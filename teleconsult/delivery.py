@@ -48,7 +48,14 @@ from records.store import Stored
 from security.principal import SYSTEM
 from teleconsult import directory, lifecycle, messages, portable
 from teleconsult.deadlines import Deadlines
-from teleconsult.service import SELF, Teleconsult, extension, practitioner_name, task_key
+from teleconsult.service import (
+    SELF,
+    Teleconsult,
+    extension,
+    focus_id,
+    practitioner_name,
+    task_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +183,7 @@ class Courier:
         )
 
     def _request(self, conn: Connection, task: dict[str, Any], key: str) -> list[dict[str, Any]]:
-        sr = store.read(
-            conn, "ServiceRequest", task["focus"]["reference"].removeprefix("ServiceRequest/")
-        ).json()
+        sr = store.read(conn, "ServiceRequest", focus_id(task)).json()
         patient = store.read(
             conn, "Patient", task["for"]["reference"].removeprefix("Patient/")
         ).json()
@@ -201,7 +206,11 @@ class Courier:
         sent["focus"] = portable.key_reference(key, "ServiceRequest")
         sent["owner"] = task["owner"]
         documents = [
-            portable.document(store.read(conn, "DocumentReference", ref["reference"][18:]).json())
+            portable.document(
+                store.read(
+                    conn, "DocumentReference", ref["reference"].removeprefix("DocumentReference/")
+                ).json()
+            )
             | {"identifier": [ref["identifier"]]}
             for ref in sr.get("supportingInfo", [])
             if ref.get("reference", "").startswith("DocumentReference/") and ref.get("identifier")

@@ -338,8 +338,7 @@ class Teleconsult:
 
     def _studies(self, conn: Connection, task: dict[str, Any]) -> list[str]:
         """Study Instance UIDs of the request's images and ECGs (from the DICOM index)."""
-        sr_id = task["focus"]["reference"].removeprefix("ServiceRequest/")
-        sr = store.read(conn, "ServiceRequest", sr_id).json()
+        sr = store.read(conn, "ServiceRequest", focus_id(task)).json()
         uids: list[str] = []
         for ref in sr.get("supportingInfo", []):
             value = str((ref.get("identifier") or {}).get("value", "")).removeprefix("urn:oid:")
@@ -425,7 +424,7 @@ class Teleconsult:
     def route_request(self, conn: Connection, task: dict[str, Any]) -> RouteRequest:
         """What the rules route a request made here by: its kind, priority and specialty, and
         the hospitals passed over already."""
-        sr = store.read(conn, "ServiceRequest", _focus(task)).json()
+        sr = store.read(conn, "ServiceRequest", focus_id(task)).json()
         kind = ((sr.get("category") or [{}])[0].get("coding") or [{}])[0].get("code")
         specialty = next(
             (c.get("code") for c in (sr.get("performerType") or {}).get("coding", [])), None
@@ -446,12 +445,12 @@ class Teleconsult:
         for the previous hospital is dropped, and the request and its images go out."""
         task["status"] = lifecycle.REQUESTED
         self.assign(task, decision)
-        sr = store.read(conn, "ServiceRequest", _focus(task)).json()
+        sr = store.read(conn, "ServiceRequest", focus_id(task)).json()
         sr["performer"] = self.performer(decision)
         sr["status"] = "active"
         code = decision.service.organization_code
         outbox.cancel_subject(conn, task_id, reason=f"routed to {code}")
-        self.records.update_in(conn, SYSTEM, "ServiceRequest", _focus(task), sr)
+        self.records.update_in(conn, SYSTEM, "ServiceRequest", focus_id(task), sr)
         # the owner and the routing extensions are the gateway's to change
         stored, _ = self.records.update_in(conn, SYSTEM, "Task", task_id, task)
         self.dispatch(conn, stored.json() | {"id": task_id}, decision)
@@ -642,7 +641,8 @@ def pass_over(task: dict[str, Any], code: str) -> None:
     task["extension"] = [*task.get("extension", []), {"url": PASSED_OVER, "valueString": code}]
 
 
-def _focus(task: dict[str, Any]) -> str:
+def focus_id(task: dict[str, Any]) -> str:
+    """The id of the ServiceRequest a Task tracks."""
     return str(task["focus"]["reference"]).removeprefix("ServiceRequest/")
 
 
