@@ -5,7 +5,6 @@ by hand (``deliver``) so each step can be looked at."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from records import outbox, store, users
 from records.outbox import Entry
 from security.principal import SYSTEM, Role
 from teleconsult import directory
-from tests.conftest import PG_ENV, postgres_database
+from tests.teleconsult.processes import database
 from tests.tls import TestCA, make_ca, serving
 
 TOWNSHIP, HOSPITAL, OTHER = "XINGFU_THC", "CITY_FIRST", "CITY_CENTRAL"
@@ -109,16 +108,6 @@ def consortium_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     )
 
 
-@contextmanager
-def _database(folder: Path, name: str) -> Iterator[str]:
-    server = os.environ.get(PG_ENV)
-    if not server:
-        yield f"sqlite:///{folder / f'{name}.db'}"
-        return
-    with postgres_database(server, f"yilian_{name}") as url:
-        yield url
-
-
 def member_settings(
     code: str, folder: Path, url: str, ca: TestCA, credentials: dict[str, dict[str, str]]
 ) -> Settings:
@@ -152,7 +141,7 @@ def running_member(
     codes that may deliver to it), credentials for delivering to each of them, served over
     HTTPS in a thread."""
     with ExitStack() as stack:
-        url = stack.enter_context(_database(folder, code.lower()))
+        url = stack.enter_context(database(folder, code.lower()))
         secrets = {peer: f"secret-of-{peer.lower()}-at-{code.lower()}" for peer in peers}
         credentials = {
             peer: {

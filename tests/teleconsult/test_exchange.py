@@ -127,11 +127,12 @@ def test_a_message_delivered_twice_is_answered_again_and_filed_once(pair, consor
     assert hospital.task(key) == first
 
 
-def _endpoint(member: Member):  # type: ignore[no-untyped-def]
+def _endpoint(member: Member, organization: str = "CITY-FIRST"):  # type: ignore[no-untyped-def]
+    """Where ``member`` sends FHIR messages for ``organization``."""
     from teleconsult import directory
 
     with member.ctx.engine.connect() as conn:
-        found = directory.endpoint(conn, "CITY-FIRST", directory.FHIR)
+        found = directory.endpoint(conn, organization, directory.FHIR)
     assert found is not None
     return found
 
@@ -540,17 +541,8 @@ def test_a_signed_report_is_filed_only_on_its_own_request(pair, consortium_ca):
     ]
     bundle["id"] = "another-message"
     with pytest.raises(Exception, match="based on another request"):
-        hospital.ctx.courier._post(_hospital_endpoint(hospital), TOWNSHIP, bundle)
+        hospital.ctx.courier._post(_endpoint(hospital, "XINGFU-THC"), TOWNSHIP, bundle)
     assert township.task(key_two)["status"] == "in-progress"
-
-
-def _hospital_endpoint(hospital: Member):  # type: ignore[no-untyped-def]
-    from teleconsult import directory
-
-    with hospital.ctx.engine.connect() as conn:
-        found = directory.endpoint(conn, "XINGFU-THC", directory.FHIR)
-    assert found is not None
-    return found
 
 
 def test_completed_comes_with_a_report_and_a_report_needs_an_accepted_request(pair, consortium_ca):
