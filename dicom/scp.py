@@ -33,6 +33,7 @@ from pynetdicom import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom import reactor
 from dicom.ingest import DicomIngest, Origin
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,11 @@ class DicomServer:
         return ae
 
     def start(self) -> None:
+        reactor.install()
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            # pynetdicom logs every C-STORE request at INFO, a line per instance with nothing
+            # the outcome's own log does not say; associations are still logged
+            logging.getLogger("pynetdicom._handlers").setLevel(logging.WARNING)
         _receive_into(self.ingest.store.scratch())
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _nodelay),
@@ -156,7 +162,7 @@ class DicomServer:
         organization = caller_organization(event, self.ingest, self._certificate_owner)
         return Origin("dicom", calling, peer, organization)
 
-    def _on_store(self, event: Any) -> Dataset:
+    def _on_store(self, event: Any) -> Dataset | int:
         path = Path(event.dataset_path)
         sop_class = str(event.request.AffectedSOPClassUID)
         origin = self.origin(event)
@@ -172,10 +178,11 @@ class DicomServer:
         if outcome.ok and outcome.study_uid:
             with self._lock:
                 self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
+        if not outcome.reason:
+            return outcome.status  # pynetdicom builds no status dataset for a plain code
         status = Dataset()
         status.Status = outcome.status
-        if outcome.reason:
-            status.ErrorComment = outcome.reason[:64]
+        status.ErrorComment = outcome.reason[:64]
         return status
 
     def _on_end(self, event: Any) -> None:

@@ -86,6 +86,8 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from dicom import reactor
+
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8: odd IDs 1..255)
@@ -405,6 +407,7 @@ class _Run:
 def _associate(
     files: list[_File], destination: Destination, timeout: float, watch: _TlsWatch | None
 ) -> Association:
+    reactor.install()
     ae = AE(ae_title=destination.calling_ae)
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     tls_args = None
