@@ -128,15 +128,15 @@ def fix_dataset(ds: Dataset) -> Dataset:
 
 
 def _fix(ds: Dataset, encodings: list[str]) -> None:
-    for tag in list(ds.keys()):
-        elem = ds.get_item(tag)
+    ir58 = _is_ir58(encodings)
+    for _, elem in list(ds.items()):  # as read (raw): nothing converted that need not be
         vr = _vr(elem)
         if vr == "SQ":
-            for item in ds[tag].value:
+            for item in ds[elem.tag].value:
                 _fix(item, _own_encodings(item) or encodings)
-        elif vr in TEXT_VRS and _is_ir58(encodings) and elem.value:
+        elif ir58 and vr in TEXT_VRS and elem.value:
             text = _decode_ir58_element(elem, encodings)
-            ds[tag] = DataElement(tag, vr, _as_value(text, vr))
+            ds[elem.tag] = DataElement(elem.tag, vr, _as_value(text, vr))
 
 
 def _encodings(ds: Dataset) -> list[str]:
