@@ -270,7 +270,9 @@ class DicomIngest:
         identifiers = patient_identifiers(ds, origin)
         if not identifiers:
             raise Refusal("PatientID (0010,0020) is empty: the object cannot be filed", "missing")
-        return self.records.patient_by_identifiers(conn, who, patient_body(ds, identifiers, origin))
+        return self.records.patient_by_identifiers(
+            conn, who, patient_body(ds, identifiers, origin), models=False
+        )
 
     def _find_study(self, conn: Connection, study_uid: str) -> Stored | None:
         """The ImagingStudy of a Study Instance UID, if the record has it."""
@@ -284,9 +286,11 @@ class DicomIngest:
             index.study_rows(conn, study_uid), subject=f"Patient/{patient_id}", tz=self.default_tz
         )
         if study is None:
-            stored, _ = self.records.create_in(conn, who, "ImagingStudy", body)
+            stored, _ = self.records.create_in(conn, who, "ImagingStudy", body, models=False)
         else:
-            stored, _ = self.records.update_in(conn, who, "ImagingStudy", study.res_id, body)
+            stored, _ = self.records.update_in(
+                conn, who, "ImagingStudy", study.res_id, body, models=False
+            )
         return stored
 
     def refresh_studies(self, study_uids: set[str], origin: Origin) -> None:
@@ -306,7 +310,7 @@ class DicomIngest:
                 old = {k: v for k, v in study.json().items() if k not in ("id", "meta")}
                 if body != old:
                     stored, _ = self.records.update_in(
-                        conn, who, "ImagingStudy", study.res_id, body
+                        conn, who, "ImagingStudy", study.res_id, body, models=False
                     )
                     append(
                         conn,
@@ -341,7 +345,7 @@ class DicomIngest:
             warnings.append(f"ECG waveform not mapped: {exc}")
             return []
         writes = [(b["resourceType"], b["id"], b, True) for b in bodies]
-        return self.records.write_batch(conn, who, writes)
+        return self.records.write_batch(conn, who, writes, models=False)
 
     def _provenance(
         self, conn: Connection, who: Principal, written: list[Stored], sop_uid: str, origin: Origin
@@ -355,7 +359,7 @@ class DicomIngest:
                 "display": f"DICOM {origin.kind} from {origin.calling_ae or '?'}",
             },
         )
-        stored, _ = self.records.create_in(conn, who, "Provenance", body)
+        stored, _ = self.records.create_in(conn, who, "Provenance", body, models=False)
         return stored
 
     # -- quarantine ----------------------------------------------------------------------------

@@ -249,10 +249,13 @@ class RecordService:
         if_none_exist: str | None = None,
         rid: str | None = None,
         deferred: Deferred | None = None,
+        models: bool = True,
     ) -> tuple[Stored, bool]:
+        """Create ``body`` in the caller's transaction. ``models=False``: the R4 schema check
+        only (``fhirtypes.validate``), for resources the gateway translated itself."""
         self._check_writable_type(rtype)
         scope = self.scope(who, rtype, Action.CREATE)
-        body = self._prepare(who, rtype, body)
+        body = self._prepare(who, rtype, body, models=models)
         if if_none_exist:
             existing = self._conditional_matches(conn, who, rtype, if_none_exist)
             if len(existing) > 1:
@@ -290,7 +293,9 @@ class RecordService:
         *,
         if_match: str | None = None,
         deferred: Deferred | None = None,
+        models: bool = True,
     ) -> tuple[Stored, bool]:
+        """Update in the caller's transaction; ``models`` as for ``create_in``."""
         self._check_writable_type(rtype)
         fhirtypes.check_id(rid)
         scope = self.scope(who, rtype, Action.UPDATE)
@@ -299,7 +304,7 @@ class RecordService:
                 f"the resource id '{body.get('id')}' does not match the URL id '{rid}'",
                 expression=[f"{rtype}.id"],
             )
-        body = self._prepare(who, rtype, body)
+        body = self._prepare(who, rtype, body, models=models)
         existing = store.current(conn, rtype, rid, lock=True)
         live = existing is not None and not existing.deleted
         if existing is not None and not self.visible(conn, rtype, rid, scope):
@@ -771,7 +776,7 @@ class RecordService:
         return pending
 
     def patient_by_identifiers(
-        self, conn: Connection, who: Principal, body: dict[str, Any]
+        self, conn: Connection, who: Principal, body: dict[str, Any], *, models: bool = True
     ) -> tuple[Stored, bool]:
         """The live Patient carrying one of ``body``'s identifiers (the resident identity number
         first), else ``body`` created: (patient, created). Writers racing on the same person
@@ -787,7 +792,7 @@ class RecordService:
         for key in keys:
             if key in found:
                 return found[key], False
-        stored, _ = self.create_in(conn, who, "Patient", body)
+        stored, _ = self.create_in(conn, who, "Patient", body, models=models)
         return stored, True
 
     def find_by_identifier(
