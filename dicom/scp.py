@@ -116,9 +116,10 @@ class DicomServer:
     def start(self) -> None:
         reactor.install()
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-            # pynetdicom logs every C-STORE request at INFO, a line per instance with nothing
-            # the outcome's own log does not say; associations are still logged
-            logging.getLogger("pynetdicom._handlers").setLevel(logging.WARNING)
+            # pynetdicom's standard handlers describe every PDU and DIMSE message (and log each
+            # C-STORE request at INFO, a line per instance the outcome's own log covers): only
+            # for debugging. Associations accepted, released and aborted are still logged.
+            _config.LOG_HANDLER_LEVEL = "none"
         _receive_into(self.ingest.store.scratch())
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _nodelay),
