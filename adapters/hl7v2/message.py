@@ -65,32 +65,43 @@ class Segment:
 
     def raw(self, n: int) -> str:
         """Field n as it stands, escapes and all."""
-        self._mark(n)
+        self.message.accessed.add((self.sequence, n))
         return self.fields[n] if n < len(self.fields) else ""
 
     def reps(self, n: int) -> list[list[list[str]]]:
         """Repetitions -> components -> subcomponents of field n, unescaped (worked out once).
         An empty repetition is kept as [['']] (in ``A~~C`` repetition 1 is empty, 2 is C)."""
         cached = self._reps.get(n)
-        if cached is not None:
-            self._mark(n)
-            return cached
-        raw = self.raw(n)
+        if cached is None:
+            return self._split(n)
+        self.message.accessed.add((self.sequence, n))
+        return cached
+
+    def _split(self, n: int) -> list[list[list[str]]]:
+        self.message.accessed.add((self.sequence, n))
+        raw = self.fields[n] if n < len(self.fields) else ""
         if not raw or raw == '""':
             self._reps[n] = []
             return []
         seps = self.message.seps
-        rep_sep, comp_sep, sub_sep = seps[2], seps[1], seps[4]
+        rep_sep, comp_sep, esc, sub_sep = seps[2], seps[1], seps[3], seps[4]
+        if not (comp_sep in raw or rep_sep in raw or sub_sep in raw or esc in raw):
+            result = [[[raw]]]  # most fields: one plain value (nothing to split or unescape)
+            self._reps[n] = result
+            return result
         parts = [raw] if self.name == "MSH" and n == 2 else raw.split(rep_sep)
         if not any(parts):  # only repetition separators: as empty as an empty field
             self._reps[n] = []
             return []
-        unescape = self.message.unescape
         # an empty repetition stays, as [['']], so that repetition k is always the k-th sent
-        result = [
-            [[unescape(sub) for sub in comp.split(sub_sep)] for comp in rep.split(comp_sep)]
-            for rep in parts
-        ]
+        if esc in raw:
+            unescape = self.message.unescape
+            result = [
+                [[unescape(sub) for sub in comp.split(sub_sep)] for comp in rep.split(comp_sep)]
+                for rep in parts
+            ]
+        else:
+            result = [[comp.split(sub_sep) for comp in rep.split(comp_sep)] for rep in parts]
         self._reps[n] = result
         return result
 
@@ -101,19 +112,27 @@ class Segment:
     def _components(self, n: int, rep: int) -> list[str]:
         cached = self._comps.get((n, rep))
         if cached is not None:
-            self._mark(n)
+            self.message.accessed.add((self.sequence, n))
             return cached
-        reps = self.reps(n)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._split(n)
+        else:
+            self.message.accessed.add((self.sequence, n))
         if rep >= len(reps):
             comps: list[str] = []
         else:
             sub = self.message.seps[4]
-            comps = [sub.join(c) for c in reps[rep]]
+            comps = [c[0] if len(c) == 1 else sub.join(c) for c in reps[rep]]
         self._comps[(n, rep)] = comps
         return comps
 
     def value(self, n: int, component: int = 1, rep: int = 0) -> str:
-        comps = self._components(n, rep)
+        comps = self._comps.get((n, rep))
+        if comps is None:
+            comps = self._components(n, rep)
+        else:
+            self.message.accessed.add((self.sequence, n))
         return comps[component - 1] if component - 1 < len(comps) else ""
 
     def where(self, n: int | None = None, component: int | None = None) -> Location:

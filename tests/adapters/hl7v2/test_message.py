@@ -3,6 +3,7 @@ MSH-18 character sets, refusals and the record of what a mapping did not read.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,64 @@ def test_empty_repetitions_convert_to_nothing() -> None:
     nte = parse(message(MSH, "NTE|1||第一行~~第三行")).first("NTE")
     assert nte is not None
     assert dt.text(nte, 3) == "第一行\n\n第三行"  # an empty repetition is an empty line
+
+
+def _split_every_way(
+    raw: str, seps: str, unescape: Callable[[str], str], msh2: bool
+) -> list[list[list[str]]]:
+    """The general reading of a field, without the parser's shortcuts: what they must equal."""
+    if not raw or raw == '""':
+        return []
+    parts = [raw] if msh2 else raw.split(seps[2])
+    if not any(parts):
+        return []
+    return [
+        [[unescape(sub) for sub in comp.split(seps[4])] for comp in rep.split(seps[1])]
+        for rep in parts
+    ]
+
+
+SAMPLES = Path(__file__).parents[3] / "samples" / "hl7"
+FIELDS = [
+    "plain",
+    "a^b",
+    "a~b",
+    "a&b^c",
+    "a\\S\\b",
+    "\\E\\",
+    "~~",
+    "^^",
+    "&",
+    '""',
+    "",
+    "x\\X41\\y^z&w~v",
+]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [p.read_bytes() for p in sorted([*PUBLIC.glob("*.hl7"), *SAMPLES.glob("*.hl7")])]
+    + [message(MSH, "NTE|" + "|".join(FIELDS))],
+)
+def test_every_field_reads_as_the_general_split_says(raw: bytes) -> None:
+    """Plain fields take a shortcut (nothing to split or unescape); every field of the sample
+    messages must read exactly as the general split and unescape give, every way."""
+    try:
+        msg = parse(raw)
+    except Hl7Error:
+        return
+    for seg in msg.segments:
+        for n in range(1, len(seg.fields) + 1):
+            raw_field = seg.fields[n] if n < len(seg.fields) else ""
+            expected = _split_every_way(
+                raw_field, msg.seps, msg.unescape, seg.name == "MSH" and n == 2
+            )
+            assert seg.reps(n) == expected, (seg.name, n)
+            for rep, comps in enumerate(expected):
+                joined = [msg.seps[4].join(c) for c in comps]
+                assert seg.components(n, rep) == joined
+                assert [seg.value(n, k, rep) for k in range(1, len(joined) + 2)] == [*joined, ""]
+            assert (seg.sequence, n) in msg.accessed
 
 
 def test_null_value_reads_as_empty() -> None:
