@@ -416,11 +416,20 @@ class RecordService:
         return body
 
     def _check_unique_resident_id(
-        self, conn: Connection, rtype: str, rid: str, body: dict[str, Any], *, lock: bool = True
+        self,
+        conn: Connection,
+        rtype: str,
+        rid: str,
+        body: dict[str, Any],
+        *,
+        lock: bool = True,
+        holders: dict[tuple[str, str, str], set[str]] | None = None,
     ) -> None:
         """One live Patient per resident identity number. ``lock``: the caller writes in this
         transaction, so it first takes its turn on the number (PostgreSQL; a writer that reads
-        a snapshot instead has its snapshot checked by ``records.staging``)."""
+        a snapshot instead has its snapshot checked by ``records.staging``). ``holders``: who
+        carries which identifier, read in the same snapshot (``find_by_identifiers``); a
+        number looked up there needs no query of its own."""
         if rtype != "Patient":
             return
         number = identity.resident_id_of(body)
@@ -428,8 +437,15 @@ class RecordService:
             return
         if lock:
             db.lock_keys(conn, [identity.lock_key(number)])
-        holder = conn.execute(_RESIDENT_ID_HOLDER, {"number": number, "rid": rid}).first()
-        if holder is not None:
+        known = holders.get(("Patient", identity.RESIDENT_ID_SYSTEM, number)) if holders else None
+        if known is not None:
+            taken = bool(known - {rid})
+        else:
+            taken = (
+                conn.execute(_RESIDENT_ID_HOLDER, {"number": number, "rid": rid}).first()
+                is not None
+            )
+        if taken:
             raise Conflict(
                 "another Patient already carries this resident identity number; "
                 "use conditional create (If-None-Exist) or Patient/$match to find it",
@@ -702,11 +718,14 @@ class RecordService:
         return merged, moved
 
     def find_by_identifiers(
-        self, conn: Connection, keys: list[tuple[str, str, str]]
+        self,
+        conn: Connection,
+        keys: list[tuple[str, str, str]],
+        holders: dict[tuple[str, str, str], set[str]] | None = None,
     ) -> dict[tuple[str, str, str], Stored]:
         """Live resources by (type, identifier system, value), in one query (no access rules:
-        for the gateway's own ingest)."""
-        return store.by_identifiers(conn, keys)
+        for the gateway's own ingest); ``holders``: see ``store.by_identifiers``."""
+        return store.by_identifiers(conn, keys, holders)
 
     def write_batch(
         self,
@@ -734,14 +753,18 @@ class RecordService:
         who: Principal,
         writes: list[tuple[str, str, dict[str, Any], bool]],
         existing: dict[tuple[str, str], Stored],
+        holders: dict[tuple[str, str, str], set[str]] | None = None,
     ) -> store.Rows | None:
         """The rows ``write_batch(models=False)`` would write, built from what ``conn`` (a
         reader) shows and what ``existing`` (the current versions of the updated ones) says,
         writing nothing: for a writer that checks that snapshot still holds at commit.
-        None when a write needs checks only a writing transaction can make (restricted reach)."""
+        ``holders``: who carries which identifier in the same snapshot, as
+        ``find_by_identifiers`` gave it (a resident identity number found there is not looked
+        up again). None when a write needs checks only a writing transaction can make
+        (restricted reach)."""
         if not all(s.unrestricted for s in self._write_scopes(who, writes).values()):
             return None
-        pending = self._pending(conn, who, writes, False, lock=False)
+        pending = self._pending(conn, who, writes, False, lock=False, holders=holders)
         if any(not p.new and (p.rtype, p.rid) not in existing for p in pending):
             return None
         return store.stage(conn, pending, dict(existing))
@@ -762,6 +785,7 @@ class RecordService:
         models: bool,
         *,
         lock: bool,
+        holders: dict[tuple[str, str, str], set[str]] | None = None,
     ) -> list[store.Pending]:
         pending = []
         for rtype, rid, body, new in writes:
@@ -771,7 +795,7 @@ class RecordService:
                 before = None if new else store.current(conn, rtype, rid)
                 old = before.json() if before and not before.deleted else None
                 prepared = self._guarded(who, rtype, old, prepared)
-            self._check_unique_resident_id(conn, rtype, rid, prepared, lock=lock)
+            self._check_unique_resident_id(conn, rtype, rid, prepared, lock=lock, holders=holders)
             pending.append(store.Pending(rtype, rid, prepared, "POST" if new else "PUT", new))
         return pending
 

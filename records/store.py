@@ -394,11 +394,16 @@ _DELETE_INDEX = {
 
 
 def by_identifiers(
-    conn: Connection, keys: list[tuple[str, str, str]] | set[tuple[str, str, str]]
+    conn: Connection,
+    keys: list[tuple[str, str, str]] | set[tuple[str, str, str]],
+    holders: dict[tuple[str, str, str], set[str]] | None = None,
 ) -> dict[tuple[str, str, str], Stored]:
-    """Live resources by (type, identifier system, value), in one query."""
+    """Live resources by (type, identifier system, value), in one query. ``holders``, when
+    given, is filled with the id of every resource the index names for each key (an empty set
+    for a key none carries), as the uniqueness check's own query would read them
+    (``RecordService._check_unique_resident_id``): that check then needs no query."""
     columns, processors = _stored_columns(conn.dialect)
-    rows = _by_identifiers(conn, set(keys), columns)
+    rows = _by_identifiers(conn, set(keys), columns, holders)
     return {
         key: Stored(*(p(v) if p else v for p, v in zip(processors, row, strict=True)))
         for key, row in rows.items()
@@ -427,10 +432,17 @@ def versions_by_identifiers(
 
 
 def _by_identifiers(
-    conn: Connection, keys: set[tuple[str, str, str]], columns: str
+    conn: Connection,
+    keys: set[tuple[str, str, str]],
+    columns: str,
+    holders: dict[tuple[str, str, str], set[str]] | None = None,
 ) -> dict[tuple[str, str, str], tuple[Any, ...]]:
     """``columns`` of the live resource carrying each identifier key, in one query of plain
-    SQL (the ingest asks for every message; (res_type, param, code) is the index)."""
+    SQL (the ingest asks for every message; (res_type, param, code) is the index). With
+    ``holders``, also the id of every resource the index gives for each key (see
+    ``by_identifiers``): the same query, the resource joined on the side."""
+    if holders is not None:
+        holders.update({key: set() for key in keys})
     if not keys:
         return {}
     by_type: dict[str, set[str]] = {}
@@ -442,16 +454,30 @@ def _by_identifiers(
         codes = sorted(by_type[rtype])
         branches.append(f"(t.res_type = {m} AND t.code IN ({', '.join([m] * len(codes))}))")
         params += [rtype, *codes]
-    sql = (
-        f"SELECT t.res_type, t.system, t.code, {columns} FROM search_token t "
-        "JOIN resource r ON r.res_type = t.res_type AND r.res_id = t.res_id "
-        f"WHERE t.param = 'identifier' AND r.deleted = {m} AND ({' OR '.join(branches)})"
-    )
+    where = f"t.param = 'identifier' AND ({' OR '.join(branches)})"
+    if holders is None:
+        sql = (
+            f"SELECT t.res_type, t.system, t.code, {columns} FROM search_token t "
+            "JOIN resource r ON r.res_type = t.res_type AND r.res_id = t.res_id "
+            f"WHERE r.deleted = {m} AND {where}"
+        )
+    else:  # every index row, live resource or not: its columns are NULL when not
+        sql = (
+            f"SELECT t.res_type, t.system, t.code, {columns}, t.res_id FROM search_token t "
+            "LEFT JOIN resource r ON r.res_type = t.res_type AND r.res_id = t.res_id "
+            f"AND r.deleted = {m} WHERE {where}"
+        )
     found: dict[tuple[str, str, str], tuple[Any, ...]] = {}
     for row in conn.exec_driver_sql(sql, (False, *params)):
         key = (row[0], row[1], row[2])
-        if key in keys:
+        if key not in keys:
+            continue
+        if holders is None:
             found.setdefault(key, tuple(row[3:]))
+            continue
+        holders[key].add(row[-1])
+        if row[3] is not None:  # a live resource (its first column is never NULL)
+            found.setdefault(key, tuple(row[3:-1]))
     return found
 
 

@@ -417,7 +417,7 @@ class Hl7Ingest:
                     _provenance_write(writes, answer.archive_id, p.header, translation, who)
                 )
             existing = {(s.res_type, s.res_id): s for s in planned.found.values()}
-            rows = self.records.stage_batch(conn, who, writes, existing)
+            rows = self.records.stage_batch(conn, who, writes, existing, planned.holders)
             if rows is None:
                 return None
             rows.bind(conn.dialect)  # the writer's process only sends them
@@ -515,6 +515,7 @@ class Plan:
     found: dict[tuple[str, str, str], Stored]  # existing resources by identifier key
     keys: list[tuple[str, str, str]]  # every key looked up
     resolved: dict[str, str]  # entry key -> "Type/id"
+    holders: dict[tuple[str, str, str], set[str]]  # key -> ids of every live resource with it
 
 
 def plan(records: RecordService, conn: Connection, translation: Translation) -> Plan:
@@ -522,7 +523,8 @@ def plan(records: RecordService, conn: Connection, translation: Translation) -> 
     before anything is written, so references resolve in one pass; an entry that would not
     change what the record says is left out."""
     keys = [(e.rtype, system, value) for e in translation.entries for system, value in e.match]
-    existing = records.find_by_identifiers(conn, keys)
+    holders: dict[tuple[str, str, str], set[str]] = {}
+    existing = records.find_by_identifiers(conn, keys, holders)
     resolved: dict[str, str] = {}
     chosen: list[tuple[str, str, dict[str, Any], bool, dict[str, Any] | None, bool]] = []
     for entry in translation.entries:
@@ -548,7 +550,7 @@ def plan(records: RecordService, conn: Connection, translation: Translation) -> 
             if body == {k: v for k, v in old.items() if k not in ("meta", "id")}:
                 continue  # the message says what the record already says: no new version
         writes.append((rtype, rid, body, new))
-    return Plan(writes, existing, keys, resolved)
+    return Plan(writes, existing, keys, resolved, holders)
 
 
 def apply(

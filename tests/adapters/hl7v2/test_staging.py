@@ -149,3 +149,62 @@ def test_a_message_stale_at_every_attempt_is_decided_by_the_writer(demo, monkeyp
     reply = demo.hl7.receive(oru("ST-R2", pid=_new_patient(23)), MLLP)
     assert reply.code == "AA"
     assert len(_patients(demo, "ZH0023")) == 1
+
+
+def test_the_resident_number_check_reads_the_holders_of_the_identifier_look_up(demo):
+    """Staging checks that a resident identity number stays on one Patient with what the
+    snapshot's identifier look-up found (every holder of the number), not a query of its own:
+    the verdict is the one the query gives, for a number held by another Patient, by the
+    Patient itself, by two Patients, or by nobody."""
+    from sqlalchemy import insert
+
+    from records import db, store
+    from records.errors import Conflict
+    from records.identity import RESIDENT_ID_SYSTEM
+    from records.schema import search_token
+    from tests.adapters.hl7v2.conftest import WANG_ID
+
+    wang = ("Patient", RESIDENT_ID_SYSTEM, WANG_ID)
+    free = ("Patient", RESIDENT_ID_SYSTEM, resident_id("411325", "1960-01-30", "061"))
+    reader = db.reader(demo.engine)
+
+    def verdicts(number: str, rid: str) -> tuple[bool, bool]:
+        body = {
+            "resourceType": "Patient",
+            "identifier": [{"system": RESIDENT_ID_SYSTEM, "value": number}],
+        }
+        out = []
+        with reader.connect() as conn:
+            holders: dict[tuple[str, str, str], set[str]] = {}
+            demo.records.find_by_identifiers(conn, [wang, free], holders)
+            for known in (holders, None):
+                try:
+                    demo.records.stage_batch(
+                        conn, SYSTEM, [("Patient", rid, body, False)], {}, known
+                    )
+                    out.append(False)
+                except Conflict:
+                    out.append(True)
+        return out[0], out[1]
+
+    with reader.connect() as conn:
+        holders: dict[tuple[str, str, str], set[str]] = {}
+        found = store.by_identifiers(conn, [wang, free], holders)
+    assert holders == {wang: {"demo-wang-xiuying"}, free: set()}
+    assert found[wang].res_id == "demo-wang-xiuying" and free not in found
+
+    assert verdicts(WANG_ID, "someone-else") == (True, True)
+    assert verdicts(WANG_ID, "demo-wang-xiuying") == (False, False)
+    assert verdicts(free[2], "someone-else") == (False, False)
+    # a second holder (only a broken database has one): still a conflict for the first one
+    with demo.engine.begin() as conn:
+        conn.execute(
+            insert(search_token).values(
+                res_type="Patient",
+                res_id="demo-zhang-second",
+                param="identifier",
+                system=RESIDENT_ID_SYSTEM,
+                code=WANG_ID,
+            )
+        )
+    assert verdicts(WANG_ID, "demo-wang-xiuying") == (True, True)
