@@ -9,7 +9,10 @@ ingested (so patients and visits are matched, as in the end-to-end run). Figures
 of this thread (``time.thread_time``) per message: best and median of the passes. Pin it with
 ``taskset``: the two vCPUs of the bench machine differ by up to 40% (docs/benchmarks.md).
 ``--profile N`` prints cProfile's top N functions (by own time) over one more pass,
-``--sample`` pyinstrument's tree (sampling, less distorted) over three.
+``--sample`` pyinstrument's tree (sampling, less distorted) over three. The ingest keeps its
+snapshot connection between messages, as a worker process does (``hold_reader``);
+``--pooled-reader`` takes one from the pool for each message instead, as the gateway's own
+process does.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--profile", type=int, default=0, metavar="N")
     parser.add_argument("--sample", action="store_true", help="pyinstrument over 3 more passes")
+    parser.add_argument(
+        "--pooled-reader", action="store_true", help="a connection from the pool per message"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="yilian-prepare-") as tmp:
         settings = Settings(
@@ -53,6 +59,7 @@ def main() -> None:
         try:
             demo_data.load(ctx)
             origin = Origin("mllp", "127.0.0.1")
+            ctx.hl7.hold_reader = not args.pooled_reader  # as a worker process prepares
             frames = [frame[1:-2] for _, frame in Workload().take(WARM + args.messages)]
             for raw in frames[:WARM]:
                 reply = ctx.hl7.receive(raw, origin)

@@ -13,11 +13,13 @@ import copy
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from adapters.hl7v2 import ack
 from adapters.hl7v2.errors import (
@@ -96,9 +98,17 @@ class Hl7Ingest:
         records: RecordService,
         settings: Settings | None = None,
         committer: GroupCommitter | None = None,
+        *,
+        hold_reader: bool = False,
     ) -> None:
         self.records = records
         self.settings = settings or Settings()
+        self._reader = db.reader(records.engine)  # made once: it costs about what a query does
+        # Keep the snapshot's read-only connections between messages instead of taking one from
+        # the pool (and putting it back) for each: for a worker process, which prepares one
+        # message at a time and whose connections nobody else needs.
+        self.hold_reader = hold_reader
+        self._idle: list[Connection] = []
         self.committer = committer or GroupCommitter(
             records.engine, name="hl7-writer", observe=records.written
         )
@@ -108,6 +118,8 @@ class Hl7Ingest:
 
     def close(self) -> None:
         self.committer.close()
+        while self._idle:
+            self._idle.pop().close()
 
     # -- the whole path --------------------------------------------------------------------
 
@@ -161,7 +173,7 @@ class Hl7Ingest:
     def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
         """Run an archived message through the ingest again (after a sender was registered
         or a mapping fixed); the archive row keeps its id and counts the attempt."""
-        with db.reader(self.records.engine).connect() as conn:
+        with self._reader.connect() as conn:
             found = inbound.get(conn, archive_id)
         if found is None or found.protocol != PROTOCOL or found.raw is None:
             return None
@@ -240,7 +252,7 @@ class Hl7Ingest:
         known = self._members.get(facility)
         if known:
             return known
-        with db.reader(self.records.engine).connect() as conn:
+        with self._reader.connect() as conn:
             found = self.records.find_by_identifier(conn, "Organization", ORG_CODE_SYSTEM, facility)
         if not found:  # not remembered: a clinic registered a minute ago is found at once
             raise Hl7Error(
@@ -403,13 +415,43 @@ class Hl7Ingest:
             p.translation = self._translate(message, self._check_sender(message, p.origin))
         return p.translation
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read-only connection for one message's snapshot (a transaction of its own);
+        with ``hold_reader`` one kept from an earlier message, and kept again after."""
+        if not self.hold_reader:
+            with self._reader.connect() as conn:
+                yield conn
+            return
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._reader.connect()
+        try:
+            yield conn
+            conn.rollback()  # read only: ends the transaction, and SQLite's snapshot with it
+        except BaseException:
+            conn.close()  # whatever went wrong, the next message takes a fresh connection
+            raise
+        self._idle.append(conn)
+
     def _stage(self, p: Prepared, translation: Translation) -> Staged[Reply] | None:
         """The message's rows decided from a snapshot, outside the writing transaction; the
         writer checks that snapshot still holds (``records.staging``), else runs the
         one-at-a-time path."""
+        try:
+            return self._stage_once(p, translation)
+        except DBAPIError as exc:
+            if not (self.hold_reader and exc.connection_invalidated):
+                raise
+            # a kept connection the server closed meanwhile (the pool's pre-ping would have
+            # caught it): staging reads only, so it is done again on a new one
+            return self._stage_once(p, translation)
+
+    def _stage_once(self, p: Prepared, translation: Translation) -> Staged[Reply] | None:
         assert p.answer is not None and p.archived is not None and p.who is not None
         answer, who = p.answer, p.who
-        with db.reader(self.records.engine).connect() as conn:
+        with self._snapshot() as conn:
             planned = plan(self.records, conn, translation)
             writes = planned.writes
             if writes:

@@ -30,7 +30,7 @@ _INGEST: Hl7Ingest | None = None  # in a worker process
 def _start(database_url: str, sqlite_synchronous: str, settings: Settings) -> None:
     global _INGEST
     engine = db.make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
-    _INGEST = Hl7Ingest(RecordService(engine, AccessPolicy()), settings)
+    _INGEST = Hl7Ingest(RecordService(engine, AccessPolicy()), settings, hold_reader=True)
 
 
 def _prepare(raw: bytes, origin: Origin) -> Prepared:

@@ -208,3 +208,59 @@ def test_the_resident_number_check_reads_the_holders_of_the_identifier_look_up(d
             )
         )
     assert verdicts(WANG_ID, "demo-wang-xiuying") == (True, True)
+
+
+def test_a_worker_keeps_its_snapshot_connection_between_messages(demo, monkeypatch):
+    """``hold_reader`` (a worker process): one connection from the pool for every message's
+    snapshot, the same rows staged; one that failed is dropped, and a kept one the server
+    closed is replaced and the message staged again."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    from adapters.hl7v2 import ingest as ingest_module
+    from adapters.hl7v2.ingest import Hl7Ingest
+
+    checkouts: list[object] = []
+    event.listen(demo.engine, "checkout", lambda *args: checkouts.append(args[0]))
+    worker = Hl7Ingest(demo.records, demo.hl7.settings, hold_reader=True)
+    try:
+        raws = [oru(f"HR-{n}", pid=_new_patient(20 + n % 2)) for n in range(4)]
+        worker.prepare(raws[0], MLLP)  # the sender's Organization is looked up once
+        taken = 0
+        for raw in raws:
+            before = len(checkouts)
+            held = worker.prepare(raw, MLLP)
+            taken += len(checkouts) - before
+            plain = demo.hl7.prepare(raw, MLLP)
+            assert held.staged is not None and plain.staged is not None
+            assert held.staged.expect == plain.staged.expect
+            assert [(s.res_type, s.version) for s in held.staged.rows.written] == [
+                (s.res_type, s.version) for s in plain.staged.rows.written
+            ]
+            assert demo.hl7.finish(held).code == "AA"
+        assert taken == 0 and len(worker._idle) == 1
+
+        real, calls = ingest_module.plan, []
+
+        def dropped_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) == 1:
+                raise DBAPIError(
+                    "SELECT", {}, Exception("server closed"), connection_invalidated=True
+                )
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ingest_module, "plan", dropped_once)
+        before = len(checkouts)
+        again = worker.prepare(oru("HR-9", pid=_new_patient(25)), MLLP)
+        assert again.staged is not None and len(calls) == 2 and len(checkouts) == before + 1
+        assert demo.hl7.finish(again).code == "AA"
+
+        monkeypatch.setattr(ingest_module, "plan", lambda *a, **k: 1 / 0)
+        try:
+            worker.prepare(oru("HR-10", pid=_new_patient(26)), MLLP)
+        except ZeroDivisionError:
+            pass
+        assert worker._idle == []  # not kept after a failure
+    finally:
+        worker.close()
