@@ -668,18 +668,34 @@ def _merge_into(old: dict[str, Any], new: dict[str, Any], keep_identifiers: bool
 
 def _resolve(node: Any, resolved: dict[str, str]) -> Any:
     """Replace references to entries of the translation ("urn:uuid:<key>") by their ids.
-    The result is a copy (dicts and lists anew, leaves shared): the translation stays as it
-    was, for the one-at-a-time path."""
+    The translation stays as it was, for the one-at-a-time path: a dict or list holding such a
+    reference, however deep, is a copy; one without any is the translation's own (nothing
+    after planning changes a body in place: it is merged, completed and stored as copies)."""
     if isinstance(node, dict):
-        out = {}
+        out = None
         for k, v in node.items():  # leaves are most of the nodes: no call for them
-            out[k] = _resolve(v, resolved) if isinstance(v, (dict, list)) else v
-        ref = out.get("reference")
+            if isinstance(v, (dict, list)):
+                new = _resolve(v, resolved)
+                if new is not v:
+                    if out is None:
+                        out = dict(node)
+                    out[k] = new
+        ref = node.get("reference")
         if isinstance(ref, str) and ref.startswith("urn:uuid:") and ref[9:] in resolved:
+            if out is None:
+                out = dict(node)
             out["reference"] = resolved[ref[9:]]
-        return out
+        return node if out is None else out
     if isinstance(node, list):
-        return [_resolve(v, resolved) if isinstance(v, (dict, list)) else v for v in node]
+        items = None
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, list)):
+                new = _resolve(v, resolved)
+                if new is not v:
+                    if items is None:
+                        items = list(node)
+                    items[i] = new
+        return node if items is None else items
     return node
 
 

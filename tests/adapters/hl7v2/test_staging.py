@@ -264,3 +264,32 @@ def test_a_worker_keeps_its_snapshot_connection_between_messages(demo, monkeypat
         assert worker._idle == []  # not kept after a failure
     finally:
         worker.close()
+
+
+def test_planning_resolves_references_and_leaves_the_translation_as_it_was(demo):
+    """``plan`` gives every entry its id and points references at them; the translation keeps
+    its "urn:uuid:" references for the one-at-a-time path, whatever planning shares with it."""
+    import copy
+    import json
+
+    from adapters.hl7v2.ingest import _resolve, plan
+    from records import db
+
+    prepared = demo.hl7.prepare(oru("RS-1", pid=_new_patient(7)), MLLP)
+    translation = prepared.translation
+    assert translation is not None
+    before = copy.deepcopy([e.body for e in translation.entries])
+    with db.reader(demo.engine).connect() as conn:
+        planned = plan(demo.records, conn, translation)
+    assert [e.body for e in translation.entries] == before
+    assert "urn:uuid:" in json.dumps(before)
+    assert planned.writes and "urn:uuid:" not in json.dumps([w[2] for w in planned.writes])
+    observation = next(w[2] for w in planned.writes if w[0] == "Observation")
+    assert observation["subject"]["reference"] == planned.resolved[translation.patient_key or ""]
+
+    tree = {"a": [{"reference": "urn:uuid:k"}, {"b": [1, {"c": "d"}]}], "e": {"f": "g"}}
+    resolved = _resolve(tree, {"k": "Patient/1"})
+    assert resolved == {"a": [{"reference": "Patient/1"}, {"b": [1, {"c": "d"}]}], "e": {"f": "g"}}
+    assert tree["a"][0] == {"reference": "urn:uuid:k"}  # copied where it changed
+    assert resolved["e"] is tree["e"] and resolved["a"][1] is tree["a"][1]  # shared elsewhere
+    assert _resolve(tree, {}) is tree
