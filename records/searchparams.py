@@ -347,6 +347,16 @@ COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
+@cache
+def indexed(rtype: str) -> tuple[tuple[Param, tuple[str, ...]], ...]:
+    """The parameters of a type, each with the elements its paths start at: a resource that
+    has none of them has no value for it (``records.store.index_rows`` skips it unread)."""
+    return tuple(
+        (param, tuple(dict.fromkeys(path.split(".")[0] for path in param.paths)))
+        for param in PARAMS.get(rtype, {}).values()
+    )
+
+
 def walk(node: Any, path: str) -> Iterator[Any]:
     """Yield the values at a dotted path, flattening lists at every step."""
     return iter(_at(node, _steps(path)))

@@ -325,7 +325,9 @@ def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dic
     """The search index rows of one resource version, by table."""
     rows: dict[Any, list[dict[str, Any]]] = {t: [] for t in INDEX_TABLES}
     key = {"res_type": rtype, "res_id": rid}
-    for param in searchparams.PARAMS.get(rtype, {}).values():
+    for param, heads in searchparams.indexed(rtype):
+        if heads[0] not in body and (len(heads) == 1 or not any(h in body for h in heads[1:])):
+            continue  # most parameters of a type: the resource has no element they read
         if param.kind == "token":
             for system, code in set(searchparams.tokens(body, param)):
                 rows[search_token].append(
