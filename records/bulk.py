@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -21,6 +22,8 @@ class _Prepared:
     keys: tuple[str, ...]  # the columns, in the order of ``head`` and of bound rows
     processors: tuple[Callable[[Any], Any] | None, ...]
     head: str  # "INSERT INTO t (a, b) VALUES "
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values by ``keys``
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, its processor)
 
 
 _MAX_PARAMETERS = 30000  # per statement (PostgreSQL allows 65535)
@@ -36,10 +39,15 @@ def _prepare(table: Table, dialect: Dialect) -> _Prepared:
         columns = [c for c in table.c if not (c.primary_key and c.autoincrement is True)]
         quote = dialect.identifier_preparer
         names = ", ".join(quote.quote(c.key) for c in columns)
+        keys = tuple(c.key for c in columns)
+        processors = tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
+        one = keys[0]
         found = _Prepared(
-            keys=tuple(c.key for c in columns),
-            processors=tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns),
+            keys=keys,
+            processors=processors,
             head=f"INSERT INTO {quote.format_table(table)} ({names}) VALUES ",
+            values=itemgetter(*keys) if len(keys) > 1 else lambda row: (row[one],),
+            converted=tuple((i, p) for i, p in enumerate(processors) if p is not None),
         )
         _PREPARED[key] = found
     return found
@@ -61,8 +69,20 @@ def bind(table: Table, dialect: Dialect, rows: list[dict[str, Any]]) -> list[tup
     if not rows:
         return []
     prepared = _prepare(table, dialect)
-    pairs = list(zip(prepared.keys, prepared.processors, strict=True))
-    return [tuple([p(row.get(k)) if p else row.get(k) for k, p in pairs]) for row in rows]
+    values, converted, keys = prepared.values, prepared.converted, prepared.keys
+    out = []
+    for row in rows:
+        try:
+            bound = values(row)
+        except KeyError:  # a column the row leaves out is NULL
+            bound = tuple([row.get(k) for k in keys])
+        if converted:  # most index tables have no column to convert
+            changed = list(bound)
+            for i, process in converted:
+                changed[i] = process(changed[i])
+            bound = tuple(changed)
+        out.append(bound)
+    return out
 
 
 def insert_bound(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
