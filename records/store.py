@@ -49,8 +49,12 @@ class Stored:
         return f'W/"{self.version}"'
 
 
+# json.dumps with these options builds an encoder for every call; this one is built once
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODE(body)
 
 
 def current(conn: Connection, rtype: str, rid: str, *, lock: bool = False) -> Stored | None:
