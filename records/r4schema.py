@@ -139,8 +139,21 @@ class _Validators(dict[str, Callable[[Any], bool]]):
             return made
 
 
-def _indirect(validators: _Validators, name: str) -> Callable[[Any], bool]:
-    return lambda value: validators[name](value)
+def _indirect(
+    validators: _Validators,
+    name: str,
+    props: dict[str, tuple[bool, Callable[[Any], bool]]],
+    key: str,
+) -> Callable[[Any], bool]:
+    """A stand-in for a definition not built yet (or being built: recursive): it looks the
+    validator up when first called and puts it in its own place in ``props``."""
+
+    def first_call(value: Any) -> bool:
+        built = validators[name]
+        props[key] = (props[key][0], built)
+        return built(value)
+
+    return first_call
 
 
 def _compile(validators: _Validators, d: _Definition) -> Callable[[Any], bool]:
@@ -156,10 +169,9 @@ def _compile(validators: _Validators, d: _Definition) -> Callable[[Any], bool]:
         return resource
     if d.json_type is not None:
         return _primitive_validator(d.json_type, d.pattern)
-    props: dict[str, tuple[bool, Callable[[Any], bool]]] = {
-        key: (spec.array, _property_validator(validators, spec))
-        for key, spec in (d.properties or {}).items()
-    }
+    props: dict[str, tuple[bool, Callable[[Any], bool]]] = {}
+    for key, spec in (d.properties or {}).items():
+        props[key] = (spec.array, _property_validator(validators, spec, props, key))
     required = d.required
 
     def element(value: Any) -> bool:
@@ -186,7 +198,12 @@ def _compile(validators: _Validators, d: _Definition) -> Callable[[Any], bool]:
     return element
 
 
-def _property_validator(validators: _Validators, spec: _Property) -> Callable[[Any], bool]:
+def _property_validator(
+    validators: _Validators,
+    spec: _Property,
+    props: dict[str, tuple[bool, Callable[[Any], bool]]],
+    key: str,
+) -> Callable[[Any], bool]:
     if spec.const is not None:
         const = spec.const
         return lambda value: isinstance(value, str) and value == const
@@ -198,7 +215,7 @@ def _property_validator(validators: _Validators, spec: _Property) -> Callable[[A
         built = validators.get(ref)
         if built is not None:
             return built
-        return _indirect(validators, ref)  # not built yet (or recursive): looked up when called
+        return _indirect(validators, ref, props, key)  # not built yet (or recursive)
     if spec.json_type is not None:
         return _primitive_validator(spec.json_type, spec.pattern)
     return lambda value: True
