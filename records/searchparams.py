@@ -8,7 +8,7 @@ is answered from the patient compartment (``resource.patient_id``) for every typ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -348,13 +348,32 @@ COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {
 
 
 @cache
-def indexed(rtype: str) -> tuple[tuple[Param, tuple[str, ...]], ...]:
-    """The parameters of a type, each with the elements its paths start at: a resource that
-    has none of them has no value for it (``records.store.index_rows`` skips it unread)."""
+def indexed(rtype: str) -> tuple[tuple[Param, tuple[str, ...], tuple[tuple[str, ...], ...]], ...]:
+    """The parameters of a type, each with the elements its paths start at (a resource that
+    has none of them has no value for it: ``records.store.index_rows`` skips it unread) and
+    its paths split into steps (for ``values_at``)."""
     return tuple(
-        (param, tuple(dict.fromkeys(path.split(".")[0] for path in param.paths)))
+        (
+            param,
+            tuple(dict.fromkeys(path.split(".")[0] for path in param.paths)),
+            tuple(_steps(path) for path in param.paths),
+        )
         for param in PARAMS.get(rtype, {}).values()
     )
+
+
+def values_at(resource: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> list[Any]:
+    """What ``values`` yields, by a parameter's paths split into steps (``indexed``). The
+    list may be the resource's own: read it, do not change it."""
+    if len(paths) == 1:
+        steps = paths[0]
+        if len(steps) == 1:  # an element of the resource itself: most parameters
+            if steps[0] not in resource:
+                return []
+            value = resource[steps[0]]
+            return value if isinstance(value, list) else [value]
+        return _at(resource, steps)
+    return [value for steps in paths for value in _at(resource, steps)]
 
 
 def walk(node: Any, path: str) -> Iterator[Any]:
@@ -408,41 +427,62 @@ def parse_reference(ref: str) -> tuple[str | None, str] | None:
 
 
 def references(resource: dict[str, Any], param: Param) -> Iterator[tuple[str | None, str]]:
-    for value in values(resource, param):
+    yield from reference_pairs(values(resource, param))
+
+
+def reference_pairs(found: Iterable[Any]) -> list[tuple[str | None, str]]:
+    """(type, id) of each value that is a Reference with a parsable reference."""
+    out = []
+    for value in found:
         if isinstance(value, dict) and isinstance(value.get("reference"), str):
             parsed = parse_reference(value["reference"])
             if parsed:
-                yield parsed
+                out.append(parsed)
+    return out
 
 
 def tokens(resource: dict[str, Any], param: Param) -> Iterator[tuple[str | None, str]]:
-    for value in values(resource, param):
-        yield from _token_values(value)
+    yield from token_pairs(values(resource, param))
 
 
 def _token_values(value: Any) -> Iterator[tuple[str | None, str]]:
-    if isinstance(value, bool):
-        yield (None, "true" if value else "false")
-    elif isinstance(value, str):
-        yield (None, value)
-    elif isinstance(value, dict):
-        if "coding" in value or ("text" in value and "value" not in value):  # CodeableConcept
-            for coding in value.get("coding", []):
-                if coding.get("code"):
-                    yield (coding.get("system"), coding["code"])
-        elif "value" in value:  # Identifier, ContactPoint
-            if value["value"] is not None:
-                yield (value.get("system"), str(value["value"]))
-        elif "code" in value:  # Coding
-            yield (value.get("system"), value["code"])
+    yield from token_pairs((value,))
+
+
+def token_pairs(found: Iterable[Any]) -> list[tuple[str | None, str]]:
+    """(system, code) of each value: a code, a Coding, a CodeableConcept, an Identifier."""
+    out: list[tuple[str | None, str]] = []
+    for value in found:
+        if isinstance(value, bool):
+            out.append((None, "true" if value else "false"))
+        elif isinstance(value, str):
+            out.append((None, value))
+        elif isinstance(value, dict):
+            if "coding" in value or ("text" in value and "value" not in value):  # CodeableConcept
+                for coding in value.get("coding", []):
+                    if coding.get("code"):
+                        out.append((coding.get("system"), coding["code"]))
+            elif "value" in value:  # Identifier, ContactPoint
+                if value["value"] is not None:
+                    out.append((value.get("system"), str(value["value"])))
+            elif "code" in value:  # Coding
+                out.append((value.get("system"), value["code"]))
+    return out
 
 
 def strings(resource: dict[str, Any], param: Param) -> Iterator[str]:
-    for value in values(resource, param):
+    yield from string_values(values(resource, param))
+
+
+def string_values(found: Iterable[Any]) -> list[str]:
+    """The texts of each value: a string, or a HumanName's or Address's parts."""
+    out: list[str] = []
+    for value in found:
         if isinstance(value, str):
-            yield value
+            out.append(value)
         elif isinstance(value, dict):
-            yield from _name_or_address_strings(value)
+            out.extend(_name_or_address_strings(value))
+    return out
 
 
 def _name_or_address_strings(value: dict[str, Any]) -> Iterator[str]:

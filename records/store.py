@@ -329,33 +329,20 @@ def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dic
     """The search index rows of one resource version, by table."""
     rows: dict[Any, list[dict[str, Any]]] = {t: [] for t in INDEX_TABLES}
     key = {"res_type": rtype, "res_id": rid}
-    for param, heads in searchparams.indexed(rtype):
+    for param, heads, paths in searchparams.indexed(rtype):
         if heads[0] not in body and (len(heads) == 1 or not any(h in body for h in heads[1:])):
             continue  # most parameters of a type: the resource has no element they read
-        if param.kind == "token":
-            for system, code in set(searchparams.tokens(body, param)):
+        found = searchparams.values_at(body, paths)
+        if not found:
+            continue
+        kind = param.kind
+        if kind == "token":
+            for system, code in set(searchparams.token_pairs(found)):
                 rows[search_token].append(
                     {**key, "param": param.name, "system": system, "code": code[:255]}
                 )
-        elif param.kind == "string":
-            for text in set(searchparams.strings(body, param)):
-                rows[search_string].append(
-                    {
-                        **key,
-                        "param": param.name,
-                        "value": searchparams.normalise(text)[:255],
-                        "raw": text[:255],
-                    }
-                )
-        elif param.kind == "date":
-            for value in searchparams.values(body, param):
-                span = fhirdates.value_range(value)
-                if span:
-                    rows[search_date].append(
-                        {**key, "param": param.name, "low": span[0], "high": span[1]}
-                    )
-        elif param.kind == "reference":
-            for target_type, target_id in set(searchparams.references(body, param)):
+        elif kind == "reference":
+            for target_type, target_id in set(searchparams.reference_pairs(found)):
                 rows[search_reference].append(
                     {
                         **key,
@@ -364,6 +351,23 @@ def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dic
                         "target_id": target_id[:255],
                     }
                 )
+        elif kind == "string":
+            for text in set(searchparams.string_values(found)):
+                rows[search_string].append(
+                    {
+                        **key,
+                        "param": param.name,
+                        "value": searchparams.normalise(text)[:255],
+                        "raw": text[:255],
+                    }
+                )
+        elif kind == "date":
+            for value in found:
+                span = fhirdates.value_range(value)
+                if span:
+                    rows[search_date].append(
+                        {**key, "param": param.name, "low": span[0], "high": span[1]}
+                    )
     return rows
 
 
