@@ -1,4 +1,5 @@
-"""Many-row INSERTs straight through the DB-API cursor, for the ingest hot path.
+"""Many-row INSERTs (and the identifier look-up) straight through the DB-API cursor, for the
+ingest hot path.
 
 SQLAlchemy Core spends tens of microseconds a row preparing parameters (measured here: about 40%
 of the ingest writer's time). This builds each INSERT's head once per dialect and converts values
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,32 @@ def insert_bound(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) ->
         chunk = rows[start : start + step]
         flat = tuple(value for row in chunk for value in row)
         conn.exec_driver_sql(prepared.head + ", ".join([group] * len(chunk)), flat)
+
+
+def fetch_all(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    """The rows of one SELECT in the driver's own paramstyle, through the DB-API cursor of
+    ``conn``: SQLAlchemy's execution path costs several times what SQLite takes for the
+    ingest's identifier look-up. It runs in ``conn``'s transaction (begun here when none is,
+    as SQLAlchemy's autobegin would), and a driver error is raised as SQLAlchemy raises it
+    (``DBAPIError``, parameters hidden, the connection invalidated when it was lost)."""
+    if not conn.in_transaction():
+        conn.begin()
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    except conn.dialect.loaded_dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql,
+            params,
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from exc
+    finally:
+        cursor.close()

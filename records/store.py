@@ -478,7 +478,7 @@ def _by_identifiers(
             f"AND r.deleted = {m} WHERE {where}"
         )
     found: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-    for row in conn.exec_driver_sql(sql, (False, *params)):
+    for row in bulk.fetch_all(conn, sql, (False, *params)):
         key = (row[0], row[1], row[2])
         if key not in keys:
             continue

@@ -74,3 +74,30 @@ def test_bind_gives_each_column_through_its_processor(dialect: Dialect) -> None:
     for table, rows in cases:
         assert bulk.bind(table, dialect, rows) == _each_column(table, dialect, rows), table.name
     assert bulk.bind(search_token, dialect, []) == []
+
+
+def test_fetch_all_runs_in_the_connection_s_transaction_and_fails_as_sqlalchemy_does(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from records import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (a TEXT)")
+            conn.exec_driver_sql("INSERT INTO t VALUES ('x'), ('y')")
+        with db.reader(engine).connect() as conn:
+            assert not conn.in_transaction()
+            assert bulk.fetch_all(conn, "SELECT a FROM t WHERE a <> ? ORDER BY a", ("y",)) == [
+                ("x",)
+            ]
+            assert conn.in_transaction()  # begun as SQLAlchemy's autobegin would
+            conn.rollback()
+            with pytest.raises(DBAPIError) as failed:
+                bulk.fetch_all(conn, "SELECT missing FROM t WHERE a = ?", ("41132519520314042X",))
+            assert "no such column" in str(failed.value)
+            assert "41132519520314042X" not in str(failed.value)  # parameters stay out of logs
+    finally:
+        engine.dispose()
