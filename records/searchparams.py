@@ -373,7 +373,7 @@ def values_at(resource: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> l
             value = resource[steps[0]]
             return value if isinstance(value, list) else [value]
         return _at(resource, steps)
-    return [value for steps in paths for value in _at(resource, steps)]
+    return [value for steps in paths if steps[0] in resource for value in _at(resource, steps)]
 
 
 def walk(node: Any, path: str) -> Iterator[Any]:

@@ -328,45 +328,52 @@ def compartment(
 def index_rows(rtype: str, rid: str, body: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:
     """The search index rows of one resource version, by table."""
     rows: dict[Any, list[dict[str, Any]]] = {t: [] for t in INDEX_TABLES}
-    key = {"res_type": rtype, "res_id": rid}
     for param, heads, paths in searchparams.indexed(rtype):
         if heads[0] not in body and (len(heads) == 1 or not any(h in body for h in heads[1:])):
             continue  # most parameters of a type: the resource has no element they read
         found = searchparams.values_at(body, paths)
         if not found:
             continue
-        kind = param.kind
+        kind, name = param.kind, param.name
         if kind == "token":
-            for system, code in set(searchparams.token_pairs(found)):
-                rows[search_token].append(
-                    {**key, "param": param.name, "system": system, "code": code[:255]}
-                )
+            rows[search_token] += [
+                {"res_type": rtype, "res_id": rid, "param": name, "system": s, "code": c[:255]}
+                for s, c in set(searchparams.token_pairs(found))
+            ]
         elif kind == "reference":
-            for target_type, target_id in set(searchparams.reference_pairs(found)):
-                rows[search_reference].append(
-                    {
-                        **key,
-                        "param": param.name,
-                        "target_type": target_type,
-                        "target_id": target_id[:255],
-                    }
-                )
+            rows[search_reference] += [
+                {
+                    "res_type": rtype,
+                    "res_id": rid,
+                    "param": name,
+                    "target_type": target_type,
+                    "target_id": target_id[:255],
+                }
+                for target_type, target_id in set(searchparams.reference_pairs(found))
+            ]
         elif kind == "string":
-            for text in set(searchparams.string_values(found)):
-                rows[search_string].append(
-                    {
-                        **key,
-                        "param": param.name,
-                        "value": searchparams.normalise(text)[:255],
-                        "raw": text[:255],
-                    }
-                )
+            rows[search_string] += [
+                {
+                    "res_type": rtype,
+                    "res_id": rid,
+                    "param": name,
+                    "value": searchparams.normalise(text)[:255],
+                    "raw": text[:255],
+                }
+                for text in set(searchparams.string_values(found))
+            ]
         elif kind == "date":
             for value in found:
                 span = fhirdates.value_range(value)
                 if span:
                     rows[search_date].append(
-                        {**key, "param": param.name, "low": span[0], "high": span[1]}
+                        {
+                            "res_type": rtype,
+                            "res_id": rid,
+                            "param": name,
+                            "low": span[0],
+                            "high": span[1],
+                        }
                     )
     return rows
 
