@@ -60,9 +60,6 @@ class Segment:
     _reps: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False)
     _comps: dict[tuple[int, int], list[str]] = field(default_factory=dict, repr=False)
 
-    def _mark(self, n: int) -> None:
-        self.message.accessed.add((self.sequence, n))
-
     def raw(self, n: int) -> str:
         """Field n as it stands, escapes and all."""
         self.message.accessed.add((self.sequence, n))
