@@ -180,6 +180,30 @@ def _dimse_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
+class _Checkpoint(threading.Event):
+    """The association's ``_reactor_checkpoint``: a thread that clears it (to send on the
+    association itself) then waits for the reactor to pause, so clearing wakes the reactor."""
+
+    def __init__(self, work: threading.Event) -> None:
+        super().__init__()
+        self._work = work
+
+    def clear(self) -> None:
+        super().clear()
+        self._work.set()
+
+
+def _assoc_init(original: Callable[..., None]) -> Callable[..., None]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        checkpoint = _Checkpoint(_work(self))
+        if self._reactor_checkpoint.is_set():
+            checkpoint.set()
+        self._reactor_checkpoint = checkpoint  # no thread of the association runs yet
+
+    return __init__
+
+
 def _assoc_kill(original: Callable[[Any], None]) -> Callable[[Any], None]:
     def kill(self: Any) -> None:
         _work(self).set()
@@ -201,6 +225,11 @@ def _assoc_run_reactor(self: Any) -> None:
         self._is_paused = True
         self._reactor_checkpoint.wait()
         self._is_paused = False
+        if not self._reactor_checkpoint.is_set():
+            # a sender paused the reactor just as it passed (it may have seen ``_is_paused``
+            # still true): round again and pause, rather than take the answer it waits for.
+            # pynetdicom's own loop has this race too, hidden by its 1 ms sleep.
+            continue
 
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
@@ -271,6 +300,7 @@ def install() -> bool:
     setattr(provider, "kill_dul", _kill_dul)  # noqa: B010
     setattr(provider, "stop_dul", _stop_dul)  # noqa: B010
     setattr(messages, "__init__", _dimse_init(messages.__init__))  # noqa: B010
+    setattr(assoc.Association, "__init__", _assoc_init(assoc.Association.__init__))  # noqa: B010
     setattr(assoc.Association, "_run_reactor", _assoc_run_reactor)  # noqa: B010
     setattr(assoc.Association, "kill", _assoc_kill(assoc.Association.kill))  # noqa: B010
     _installed = True
