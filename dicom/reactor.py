@@ -219,7 +219,11 @@ def _assoc_run_reactor(self: Any) -> None:
     self._is_paused = False
     while not self._kill:
         work.clear()
-        if self.dimse.msg_queue.empty() and self.dul.to_user_queue.empty():
+        if (
+            self.dimse.msg_queue.empty()
+            and self.dul.to_user_queue.empty()
+            and self._reactor_checkpoint.is_set()  # no sender waiting for the reactor to pause
+        ):
             work.wait(IDLE)
 
         self._is_paused = True
