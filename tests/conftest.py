@@ -116,6 +116,32 @@ def bearer(ctx: Context, principal: Principal) -> dict[str, str]:
     return {"Authorization": f"Bearer {ctx.tokens.issue(principal)}"}
 
 
+def stored_notification(
+    ctx: Context, recipient: str, text: str = "测试 test", sent: str = "2026-11-23T10:00:00+08:00"
+) -> str:
+    """The id of a notification the gateway wrote (a Communication about a demo resident's
+    request, from the city hospital) to ``recipient`` ("Practitioner/..." or "Patient/...")."""
+    from security.principal import SYSTEM
+    from teleconsult import notify
+
+    stored, _ = ctx.records.create(
+        SYSTEM,
+        "Communication",
+        {
+            "resourceType": "Communication",
+            "status": "completed",
+            "category": [{"coding": [{"system": notify.CATEGORY, "code": "accepted"}]}],
+            "subject": {"reference": "Patient/demo-wang-xiuying"},
+            "about": [{"reference": "Task/t1"}],
+            "recipient": [{"reference": recipient}],
+            "sender": {"reference": "Organization/CITY-FIRST", "display": "市第一人民医院"},
+            "sent": sent,
+            "payload": [{"contentString": text}, {"contentString": f"{text} (en)"}],
+        },
+    )
+    return str(stored.res_id)
+
+
 @pytest.fixture
 def as_user(demo: Context):  # type: ignore[no-untyped-def]
     """as_user('doctor.xingfu') -> Authorization headers for that demo user."""

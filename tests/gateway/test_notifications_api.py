@@ -6,30 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from records import users
-from security.principal import SYSTEM, Role
-from teleconsult import notify
+from security.principal import Role
+from tests.conftest import stored_notification as notification
 from tests.fhir_schema import assert_r4
 
 PATIENT = "demo-wang-xiuying"
-
-
-def _notification(ctx: Any, recipient: str, text: str, sent: str) -> str:
-    stored, _ = ctx.records.create(
-        SYSTEM,
-        "Communication",
-        {
-            "resourceType": "Communication",
-            "status": "completed",
-            "category": [{"coding": [{"system": notify.CATEGORY, "code": "accepted"}]}],
-            "subject": {"reference": f"Patient/{PATIENT}"},
-            "about": [{"reference": "Task/t1"}],
-            "recipient": [{"reference": recipient}],
-            "sender": {"reference": "Organization/CITY-FIRST", "display": "市第一人民医院"},
-            "sent": sent,
-            "payload": [{"contentString": text}, {"contentString": f"{text} (en)"}],
-        },
-    )
-    return str(stored.res_id)
 
 
 def _other_doctor(ctx: Any) -> None:
@@ -45,8 +26,8 @@ def _other_doctor(ctx: Any) -> None:
 
 
 def test_a_doctor_reads_their_notifications_newest_first_and_marks_one_read(client, as_user, demo):
-    older = _notification(demo, "Practitioner/doctor-xingfu", "一", "2026-11-23T09:00:00+08:00")
-    newer = _notification(demo, "Practitioner/doctor-xingfu", "二", "2026-11-23T10:00:00+08:00")
+    older = notification(demo, "Practitioner/doctor-xingfu", "一", "2026-11-23T09:00:00+08:00")
+    newer = notification(demo, "Practitioner/doctor-xingfu", "二", "2026-11-23T10:00:00+08:00")
     doctor = as_user("doctor.xingfu")
     listed = client.get("/api/notifications", headers=doctor)
     assert listed.status_code == 200, listed.text
@@ -75,9 +56,7 @@ def test_a_doctor_reads_their_notifications_newest_first_and_marks_one_read(clie
 
 def test_nobody_else_reads_a_doctors_notifications(client, as_user, demo):
     _other_doctor(demo)
-    mine = _notification(
-        demo, "Practitioner/doctor-xingfu", "给李医生", "2026-11-23T09:00:00+08:00"
-    )
+    mine = notification(demo, "Practitioner/doctor-xingfu", "给李医生", "2026-11-23T09:00:00+08:00")
     for user in ("doctor.other", "resident.wang", "specialist.city"):
         headers = as_user(user)
         assert client.get("/api/notifications", headers=headers).json()["total"] == 0, user
@@ -97,8 +76,8 @@ def test_nobody_else_reads_a_doctors_notifications(client, as_user, demo):
 
 
 def test_a_resident_reads_the_notifications_addressed_to_them(client, as_user, demo):
-    theirs = _notification(demo, f"Patient/{PATIENT}", "报告已返回", "2026-11-23T09:00:00+08:00")
-    _notification(demo, "Practitioner/doctor-xingfu", "给医生", "2026-11-23T09:00:00+08:00")
+    theirs = notification(demo, f"Patient/{PATIENT}", "报告已返回", "2026-11-23T09:00:00+08:00")
+    notification(demo, "Practitioner/doctor-xingfu", "给医生", "2026-11-23T09:00:00+08:00")
     resident = as_user("resident.wang")
     listed = client.get("/api/notifications", headers=resident).json()
     assert [n["id"] for n in listed["items"]] == [theirs]
@@ -108,7 +87,7 @@ def test_a_resident_reads_the_notifications_addressed_to_them(client, as_user, d
 
 
 def test_the_recipient_changes_nothing_but_received(client, as_user, demo):
-    mine = _notification(demo, "Practitioner/doctor-xingfu", "一", "2026-11-23T09:00:00+08:00")
+    mine = notification(demo, "Practitioner/doctor-xingfu", "一", "2026-11-23T09:00:00+08:00")
     doctor = as_user("doctor.xingfu")
     url = f"/fhir/Communication/{mine}"
     body = client.get(url, headers=doctor).json()

@@ -13,9 +13,9 @@ import pytest
 
 from records import outbox
 from records.outbox import Backoff, Entry
-from security.principal import SYSTEM
 from teleconsult import notify, subscription
 from teleconsult.delivery import Courier, DeliverySettings
+from tests.conftest import stored_notification
 from tests.fhir_schema import assert_r4
 from tests.gateway.test_notifications_api import _other_doctor
 from tests.teleconsult.receiver import Receiver
@@ -83,23 +83,6 @@ def _touch_org(client, headers, alias: str) -> dict[str, Any]:  # type: ignore[n
     updated = client.put(f"/fhir/Organization/{ORG}", json=org, headers=headers)
     assert updated.status_code == 200, updated.text
     return dict(updated.json())
-
-
-def _notification(ctx: Any, practitioner: str, text: str = "测试 test") -> str:
-    stored, _ = ctx.records.create(
-        SYSTEM,
-        "Communication",
-        {
-            "resourceType": "Communication",
-            "status": "completed",
-            "category": [{"coding": [{"system": notify.CATEGORY, "code": "accepted"}]}],
-            "subject": {"reference": "Patient/demo-wang-xiuying"},
-            "recipient": [{"reference": f"Practitioner/{practitioner}"}],
-            "sent": "2026-11-23T10:00:00+08:00",
-            "payload": [{"contentString": text}],
-        },
-    )
-    return str(stored.res_id)
 
 
 # -- written -------------------------------------------------------------------------------------
@@ -350,8 +333,8 @@ def test_a_doctor_is_pushed_their_own_notifications_only(client, as_user, demo, 
         as_user("doctor.xingfu"),
         _subscription(NOTIFICATIONS, receiver.url, payload="application/fhir+json"),
     )
-    mine = _notification(demo, "doctor-xingfu", "给李医生")
-    _notification(demo, "doctor-other", "给另一位医生")
+    mine = stored_notification(demo, "Practitioner/doctor-xingfu", "给李医生")
+    stored_notification(demo, "Practitioner/doctor-other", "给另一位医生")
     assert len(_deliver(courier)) == 1
     [call] = receiver.calls
     assert call.path == f"/hook/Communication/{mine}"
@@ -370,7 +353,7 @@ def test_a_user_no_longer_active_is_told_nothing(client, as_user, demo):
         conn.execute(
             update(app_user).where(app_user.c.username == "doctor.xingfu").values(active=False)
         )
-    _notification(demo, "doctor-xingfu")
+    stored_notification(demo, "Practitioner/doctor-xingfu")
     assert _rows(demo) == []
 
 
