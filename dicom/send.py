@@ -29,7 +29,7 @@ which also notes where the dataset starts). Each C-STORE request is made here
 (``_StoreScu``), not by ``Association.send_c_store``, which would read the meta information
 again, encode the command with pydicom, pause and restart the association's thread around each
 request (up to a millisecond: that loop sleeps 1 ms) and give every request Message ID 1. The
-command set is encoded here (``_c_store_rq``), the dataset read from the file 256 KB at a time
+command set is encoded by ``dicom.commands``, the dataset read from the file 256 KB at a time
 without decoding it, both cut into P-DATA-TF PDUs here (``_pdus``), and each block of PDUs is
 written by pynetdicom's connection thread in one piece (``_send_blocks``) instead of one state
 machine turn per PDU, about half the sender's CPU time with Orthanc's 16 KB PDUs. The answer is
@@ -86,7 +86,7 @@ from pynetdicom.status import (
     code_to_category,
 )
 
-from dicom import reactor
+from dicom import commands, reactor
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,6 @@ MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8: odd IDs 1
 MAX_PDU_SENT = 1024 * 1024  # bytes of dataset per PDU we send, whatever the peer accepts
 QUEUED_BYTES = 8 * 1024 * 1024  # dataset bytes read ahead of the connection, per association
 BLOCK_BYTES = 256 * 1024  # PDUs handed to the connection's thread at a time (_send_blocks)
-COMMAND, DATASET = 0x01, 0x00  # PDV message control header, bit 0 (PS3.8 E.2)
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 NO_CONTEXT = 0x0122  # "SOP Class not supported": the peer accepted no context for the file
 MAX_ASSOCIATIONS = 3  # default_associations: the most opened at once by default
@@ -496,13 +495,13 @@ class _StoreScu:
         """The C-STORE-RQ: its command set, then the dataset, as P-DATA-TF PDUs of at most
         ``pdu_length`` bytes handed to the connection's thread a block at a time."""
         self.message_id = self.message_id % 0xFFFF + 1
-        command = _c_store_rq(file.sop_class, file.sop_instance, self.message_id)
+        command = commands.c_store_rq(file.sop_class, file.sop_instance, self.message_id, PRIORITY)
         size = self.pdu_length - 6  # PDV item length (4) + context ID (1) + header (1)
-        pdus = _pdus(command, size, context_id, COMMAND, last=True)
+        pdus = _pdus(command, size, context_id, commands.COMMAND, last=True)
         block = data.read(self.block)
         while True:
             following = data.read(self.block)
-            pdus += _pdus(block, size, context_id, DATASET, last=not following)
+            pdus += _pdus(block, size, context_id, commands.DATASET, last=not following)
             self._put(context_id, _Pdus(b"".join(pdus)))
             if not following:
                 return
@@ -551,30 +550,6 @@ class _StoreScu:
 
     def _open(self) -> bool:
         return self.dul.state_machine.current_state == "Sta6" and self.dul.is_alive()
-
-
-def _c_store_rq(sop_class: str, sop_instance: str, message_id: int) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1), implicit VR little endian as PS3.7 6.3.1 wants:
-    the elements, and in the order, that pynetdicom's ``C_STORE_RQ`` encodes."""
-
-    def element(element: int, value: bytes) -> bytes:
-        return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-    def uid(value: str) -> bytes:
-        raw = value.encode("ascii")
-        return raw + b"\x00" * (len(raw) % 2)
-
-    body = b"".join(
-        (
-            element(0x0002, uid(sop_class)),  # Affected SOP Class UID
-            element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
-            element(0x0110, struct.pack("<H", message_id)),  # Message ID
-            element(0x0700, struct.pack("<H", PRIORITY)),  # Priority
-            element(0x0800, struct.pack("<H", 0x0001)),  # Command Data Set Type: a dataset
-            element(0x1000, uid(sop_instance)),  # Affected SOP Instance UID
-        )
-    )
-    return element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length
 
 
 class _Pdus(bytes):

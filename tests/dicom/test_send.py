@@ -32,17 +32,16 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
+from dicom import commands
+from dicom.commands import COMMAND, DATASET
 from dicom.scp import DicomServer, ScpSettings
 from dicom.send import (
-    COMMAND,
-    DATASET,
     MAX_ASSOCIATIONS,
     MAX_CONTEXTS,
     MAX_PDU_SENT,
     Destination,
     SendError,
     _batches,
-    _c_store_rq,
     _File,
     _pdus,
     default_associations,
@@ -565,7 +564,7 @@ def test_the_c_store_command_is_the_one_pynetdicom_encodes(uid: str) -> None:
     request.DataSet = BytesIO(b"\x00\x00")  # a dataset follows (Command Data Set Type)
     message = C_STORE_RQ()
     message.primitive_to_message(request)
-    ours = _c_store_rq("1.2.840.10008.5.1.4.1.1.2", uid, 65535)
+    ours = commands.c_store_rq("1.2.840.10008.5.1.4.1.1.2", uid, 65535, 2)
     assert ours == encode(message.command_set, True, True)
 
 
@@ -584,7 +583,7 @@ def test_the_pdus_are_the_ones_pynetdicom_makes(
     message.primitive_to_message(request)
     theirs = b"".join(P_DATA_TF(p).encode() for p in message.encode_msg(5, pdu_length))
 
-    command = _c_store_rq("1.2.840.10008.5.1.4.1.1.2", "1.2", 9)
+    command = commands.c_store_rq("1.2.840.10008.5.1.4.1.1.2", "1.2", 9, 2)
     size = pdu_length - 6
     pdus = _pdus(command, size, 5, COMMAND, last=True)
     pdus += _pdus(dataset[:size], size, 5, DATASET, last=len(dataset) <= size)  # as read:
