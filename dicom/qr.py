@@ -165,7 +165,7 @@ class QueryRetrieve:
         return Principal(
             username=f"dicom:{ae_title}"[:128],
             role=Role.DEVICE,
-            organization=caller_organization(event, self.ingest, self.certificate_owner),
+            organization=caller_organization(event.assoc, self.ingest, self.certificate_owner),
             source=f"{requestor.address}:{requestor.port}",
         )
 

@@ -15,7 +15,10 @@ complete DIMSE message. On a C-STORE that is up to three waits per instance, and
   (``dimse.msg_queue``), an ACSE primitive arrives (``to_user_queue``), the DUL thread ends or
   the association is killed.
 
-Both wake at least every ``IDLE`` seconds to run pynetdicom's own timer checks (ARTIM, network
+Once an association is established, its AE may offer it a storage lane (``dicom.lane``): the
+DUL thread then gives the lane each PDU to read instead of pynetdicom's ``_read_pdu_data``.
+
+Both loops wake at least every ``IDLE`` seconds to run pynetdicom's own timer checks (ARTIM, network
 timeout), which are coarser than that. Everything else in the loops is pynetdicom's, copied
 from 3.0; ``install`` refuses (and pynetdicom keeps polling) when the internals it relies on are
 not there.
@@ -127,7 +130,7 @@ def _dul_run_reactor(self: Any) -> None:
             try:
                 if self._process_recv_primitive():
                     pass
-                elif self._is_transport_event():
+                elif _transport_event(self):
                     self._idle_timer.restart()
             except Exception as exc:
                 dul.LOGGER.error("Exception in DUL.run(), aborting association")
@@ -152,6 +155,35 @@ def _dul_run_reactor(self: Any) -> None:
         _work(self.assoc).set()  # the association thread checks ``dul.is_alive()``
         for end in self._yilian_wake:
             end.close()
+
+
+_UNDECIDED = object()
+
+
+def _transport_event(provider: Any) -> bool:
+    """``_is_transport_event``, or, on an established association whose AE offers a storage
+    lane (``storage_lane(assoc)``, see ``dicom.lane``) and that the offer takes, the lane's
+    reading of the next PDU. Decided once, when the association is first seen established."""
+    lane = provider.__dict__.get("_yilian_lane", _UNDECIDED)
+    established = provider.state_machine.current_state == "Sta6"
+    if lane is _UNDECIDED:
+        if not established:
+            return bool(provider._is_transport_event())
+        offer = getattr(provider.assoc.ae, "storage_lane", None)
+        lane = offer(provider.assoc) if offer is not None and provider.assoc.is_acceptor else None
+        provider._yilian_lane = lane
+    if lane is None or not established:
+        return bool(provider._is_transport_event())
+    if not (provider.socket and provider.socket.ready):
+        return False
+    lane.read(provider)
+    return True
+
+
+def lane_of(assoc: Any) -> Any:
+    """The storage lane serving ``assoc`` (None: pynetdicom serves it all)."""
+    lane = getattr(getattr(assoc, "dul", None), "_yilian_lane", None)
+    return None if lane is _UNDECIDED else lane
 
 
 def _kill_dul(self: Any) -> None:
@@ -282,6 +314,7 @@ def _assoc_run_reactor(self: Any) -> None:
 _NEEDED = (
     (dul.DULServiceProvider, ("run_reactor", "kill_dul", "stop_dul", "_process_recv_primitive")),
     (dul.DULServiceProvider, ("_is_transport_event", "idle_timer_expired", "receive_pdu")),
+    (dul.DULServiceProvider, ("_decode_pdu",)),
     (dimse.DIMSEServiceProvider, ("get_msg",)),
     (association.Association, ("_run_reactor", "kill", "_serve_request")),
 )

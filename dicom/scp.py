@@ -6,6 +6,10 @@ encoded again), hands it to ``DicomIngest.file`` and answers with the outcome's 
 (``ingest.STATUS``). The success status goes out only after the object and its index row are
 durable. When an association ends, the ImagingStudy of each study it touched is brought up to
 date once (counts and instances), not after every instance.
+
+An association that carries storage and verification only is served by the storage lane
+(``dicom.lane``) once established; any other (query/retrieve, or storage mixed with it) by
+pynetdicom's own C-STORE event. Both end in ``store``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom import reactor
 from dicom.ingest import DicomIngest, Origin
+from dicom.lane import VERIFICATION, StorageLane
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class _GatewayAE(AE):  # type: ignore[misc]
     """An AE whose allowed calling AE titles are the registered devices', looked up live."""
 
     allowed: Callable[[], list[str]] = staticmethod(lambda: [NOT_RECOGNISED])
+    # offered to each association once established (``dicom.reactor``): the storage lane
+    storage_lane: Callable[[Any], StorageLane | None] | None = None
 
     @property  # type: ignore[override,misc]
     def require_calling_aet(self) -> list[str]:
@@ -89,6 +96,7 @@ class DicomServer:
         self._touched: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self._server: Any = None
+        self._storage: frozenset[str] = frozenset()  # abstract syntaxes the lane may serve
 
     def _allowed(self) -> list[str]:
         when, titles = self._titles
@@ -109,6 +117,10 @@ class DicomServer:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        self._storage = frozenset(
+            {VERIFICATION, *(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)}
+        )
+        ae.storage_lane = self._lane
         if self._configure is not None:
             self._configure(ae)
         return ae
@@ -156,17 +168,16 @@ class DicomServer:
 
     # -- handlers ------------------------------------------------------------------------------
 
-    def origin(self, event: Any) -> Origin:
-        assoc = event.assoc
+    def origin(self, assoc: Any) -> Origin:
         calling = str(assoc.requestor.ae_title).strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
-        organization = caller_organization(event, self.ingest, self._certificate_owner)
+        organization = caller_organization(assoc, self.ingest, self._certificate_owner)
         return Origin("dicom", calling, peer, organization)
 
-    def _on_store(self, event: Any) -> Dataset | int:
-        path = Path(event.dataset_path)
-        sop_class = str(event.request.AffectedSOPClassUID)
-        origin = self.origin(event)
+    def store(self, assoc: Any, path: Path, sop_class: str) -> tuple[int, str | None]:
+        """File the instance received into ``path`` on ``assoc``: (DIMSE status, error
+        comment or None)."""
+        origin = self.origin(assoc)
         if origin.organization is None:  # a device retired, or another clinic's certificate
             outcome = self.ingest.refuse(
                 path,
@@ -178,25 +189,53 @@ class DicomServer:
             outcome = self.ingest.file(path, origin, sop_class=sop_class)
         if outcome.ok and outcome.study_uid:
             with self._lock:
-                self._touched.setdefault(id(event.assoc), set()).add(outcome.study_uid)
-        if not outcome.reason:
-            return outcome.status  # pynetdicom builds no status dataset for a plain code
+                self._touched.setdefault(id(assoc), set()).add(outcome.study_uid)
+        return outcome.status, outcome.reason[:64] if outcome.reason else None
+
+    def _on_store(self, event: Any) -> Dataset | int:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        code, comment = self.store(event.assoc, Path(event.dataset_path), sop_class)
+        if not comment:
+            return code  # pynetdicom builds no status dataset for a plain code
         status = Dataset()
-        status.Status = outcome.status
-        status.ErrorComment = outcome.reason[:64]
+        status.Status = code
+        status.ErrorComment = comment
         return status
+
+    def _lane(self, assoc: Any) -> StorageLane | None:
+        """The storage lane for an established association, if it carries storage and
+        verification only and nobody listens to its PDUs."""
+        contexts = {
+            cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in assoc.accepted_contexts
+        }
+        if not contexts or any(a not in self._storage for a, _ in contexts.values()):
+            return None
+        if assoc.get_handlers(evt.EVT_PDU_RECV) or assoc.get_handlers(evt.EVT_DATA_RECV):
+            return None
+        return StorageLane(contexts, self.store, self.ingest.store.scratch(), RECEIVING)
 
     def _on_end(self, event: Any) -> None:
         self._keep_cut_off(event)
         with self._lock:
             studies = self._touched.pop(id(event.assoc), None)
         if studies:
-            self.ingest.refresh_studies(studies, self.origin(event))
+            self.ingest.refresh_studies(studies, self.origin(event.assoc))
 
     def _keep_cut_off(self, event: Any) -> None:
         """An object still arriving when the association ended (abort, dropped connection):
         pynetdicom leaves its partial temporary file behind and says nothing; quarantine it.
         (Reads pynetdicom's receiving message, whose attributes are not public API.)"""
+        lane = reactor.lane_of(event.assoc)
+        partial_in_lane = lane.take_partial() if lane is not None else None
+        if partial_in_lane is not None:
+            self.ingest.cut_off(
+                partial_in_lane.path,
+                self.origin(event.assoc),
+                sop_uid=partial_in_lane.sop_instance,
+                sop_class=partial_in_lane.sop_class,
+            )
+            return
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         partial = getattr(message, "_data_set_file", None)
         if message is None or partial is None:
@@ -206,16 +245,16 @@ class DicomServer:
         command = getattr(message, "command_set", None)
         self.ingest.cut_off(
             Path(partial.name),
-            self.origin(event),
+            self.origin(event.assoc),
             sop_uid=str(getattr(command, "AffectedSOPInstanceUID", "") or "") or None,
             sop_class=str(getattr(command, "AffectedSOPClassUID", "") or "") or None,
         )
 
 
-def peer_certificate(event: Any) -> dict[str, Any] | None:
+def peer_certificate(assoc: Any) -> dict[str, Any] | None:
     """The client certificate of a TLS association (None without TLS or certificate)."""
     try:
-        sock = event.assoc.dul.socket.socket
+        sock = assoc.dul.socket.socket
     except AttributeError:
         return None
     if not isinstance(sock, ssl.SSLSocket):
@@ -225,16 +264,16 @@ def peer_certificate(event: Any) -> dict[str, Any] | None:
 
 
 def caller_organization(
-    event: Any,
+    assoc: Any,
     ingest: DicomIngest,
     organization_of_certificate: Callable[[dict[str, Any]], str | None] | None,
 ) -> str | None:
     """The Organization a caller acts for: the owner of the Device its calling AE title names;
     over TLS with a client certificate, only when the certificate names that same
     organization (an AE title is a string anyone can send; the certificate is proof)."""
-    calling = str(event.assoc.requestor.ae_title).strip()
+    calling = str(assoc.requestor.ae_title).strip()
     owner = ingest.organization_of_ae(calling)
-    certificate = peer_certificate(event)
+    certificate = peer_certificate(assoc)
     if owner is None or certificate is None or organization_of_certificate is None:
         return owner
     if organization_of_certificate(certificate) != owner:

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom.ingest import Origin
+from dicom.qr import QueryRetrieve
+from dicom.scp import DicomServer, ScpSettings
 from gateway.app import create_app
 from gateway.context import Context
 from gateway.settings import Settings
@@ -123,3 +126,22 @@ def token(demo: Context) -> str:
         user = users.get(conn, "doctor.xingfu")
     assert user is not None
     return bearer(demo, user.principal())["Authorization"].split(" ", 1)[1]
+
+
+@contextmanager
+def query_retrieve_scp(ctx: Context) -> Iterator[DicomServer]:
+    """The gateway's SCP as ``yilian serve`` runs it (storage, verification, query/retrieve),
+    on a free port."""
+    qr = QueryRetrieve(ctx.dicom)
+    server = DicomServer(
+        ctx.dicom,
+        ScpSettings(port=0),
+        known_ae_titles=ctx.dicom.known_ae_titles,
+        extra_handlers=qr.handlers(),
+        configure=qr.configure,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

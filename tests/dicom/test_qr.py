@@ -22,10 +22,10 @@ from sqlalchemy import select
 
 from dicom.ingest import AE_SYSTEM, Origin
 from dicom.qr import QueryRetrieve
-from dicom.scp import DicomServer, ScpSettings
+from dicom.scp import DicomServer
 from gateway.context import Context
 from records import schema, store
-from tests.dicom.conftest import ir58_file
+from tests.dicom.conftest import ir58_file, query_retrieve_scp
 from tests.dicom.orthanc import running_orthanc
 from tests.dicom.peers import dcmtk
 from tests.dicom.test_scp import (
@@ -44,17 +44,8 @@ XINGFU = "XINGFU-THC"
 
 @pytest.fixture
 def scp(demo: Context) -> Iterator[DicomServer]:
-    qr = QueryRetrieve(demo.dicom)
-    server = DicomServer(
-        demo.dicom,
-        ScpSettings(port=0),
-        known_ae_titles=demo.dicom.known_ae_titles,
-        extra_handlers=qr.handlers(),
-        configure=qr.configure,
-    )
-    server.start()
-    yield server
-    server.stop()
+    with query_retrieve_scp(demo) as server:
+        yield server
 
 
 def register(ctx: Context, ae_title: str, owner: str, port: int | None = None) -> None:

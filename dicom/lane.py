@@ -1,0 +1,263 @@
+"""The storage lane: C-STORE and C-ECHO on a storage association, answered on the connection's
+own thread, without pynetdicom's DIMSE machinery.
+
+A modality or an ECG cart opens an association with storage contexts only (and Verification),
+sends C-STORE after C-STORE, and releases. pynetdicom handles each request through a state
+machine turn per PDU, a primitive and a PDU object each, a queue to the association's thread,
+the command set decoded into a pydicom Dataset, an event, and the same again for the answer:
+more CPU than the rest of a small instance's filing. On such an association, once it is
+established, the lane reads each PDU itself (``dicom.reactor`` hands it the connection's
+turns):
+
+- a P-DATA-TF PDU's command fragments are gathered and read by hand (``dicom.commands``); a
+  C-STORE request opens the instance's file in the store's scratch folder, with the file meta
+  information pynetdicom writes, and its dataset fragments are written to it as they arrive,
+  never held in memory whatever the PDU length; the last fragment hands the file to the
+  server's ``store`` (the same call pynetdicom's C-STORE event makes) and the answer goes back
+  with its status and error comment; a C-ECHO is answered at once;
+- every other PDU (release, abort) goes to pynetdicom as it would have, so the association ends
+  exactly as before (events, logs, timers);
+- a transfer that breaks off leaves its partial file for the server to quarantine
+  (``take_partial``), as pynetdicom's does;
+- anything a storage association may not carry (a command of another service, a dataset with no
+  request, an unknown presentation context, a malformed command set) aborts the association
+  (pynetdicom's Evt19: an A-ABORT goes to the peer), with a log line naming what was wrong.
+
+An association with any other context (a workstation's query/retrieve, C-GET's storage
+sub-operations) stays wholly with pynetdicom, and so does one whose PDUs someone listens to
+(``EVT_PDU_RECV``, ``EVT_DATA_RECV``).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from dicom import commands
+from dicom.commands import CommandError
+from records import ids
+
+log = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+UNHANDLED = 0xC211  # pynetdicom's status for a handler that raised: the sender may retry
+MAX_COMMAND = 64 * 1024  # bytes of one command set: a few hundred are usual
+MAX_OTHER_PDU = 1024 * 1024  # bytes of a PDU other than P-DATA-TF (release, abort: 10)
+CHUNK = 256 * 1024  # bytes read from the connection at a time into a dataset's file
+
+# (calling association, file, SOP Class UID) -> (status, error comment)
+Store = Callable[[Any, Path, str], tuple[int, str | None]]
+
+
+class _Closed(Exception):
+    """The connection ended (or timed out) in the middle of a PDU."""
+
+
+class _Invalid(Exception):
+    """Something a storage association may not carry."""
+
+
+@dataclass
+class _Request:
+    context_id: int
+    message_id: int
+    sop_class: str
+    sop_instance: str
+    path: Path
+    file: IO[bytes]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What arrived of an instance whose transfer broke off."""
+
+    path: Path
+    sop_instance: str
+    sop_class: str
+
+
+class StorageLane:
+    def __init__(
+        self, contexts: dict[int, tuple[str, str]], store: Store, folder: Path, prefix: str
+    ) -> None:
+        """``contexts``: the accepted presentation contexts, ID -> (abstract syntax, transfer
+        syntax); ``folder``/``prefix``: where and under what name an instance's file is made."""
+        self.contexts = contexts
+        self.store = store
+        self.folder = folder
+        self.prefix = prefix
+        self._command = bytearray()
+        self._request: _Request | None = None
+        self._buffer = bytearray(CHUNK)
+        self._view = memoryview(self._buffer)
+
+    # -- the connection's turn ---------------------------------------------------------------
+
+    def read(self, provider: Any) -> None:
+        """Read and act on one PDU of ``provider`` (pynetdicom's DUL service provider), whose
+        socket has data."""
+        try:
+            self._read(provider)
+        except _Closed:
+            provider.event_queue.put("Evt17")  # transport connection closed
+        except (_Invalid, CommandError) as exc:
+            log.warning(
+                "DICOM association from %s aborted: %s",
+                str(provider.assoc.requestor.ae_title).strip(),
+                exc,
+            )
+            provider.event_queue.put("Evt19")  # invalid PDU: pynetdicom sends A-ABORT
+
+    def take_partial(self) -> Partial | None:
+        """The instance whose transfer broke off, its file closed (None: nothing was
+        arriving). The caller keeps the file."""
+        request, self._request = self._request, None
+        if request is None:
+            return None
+        request.file.close()
+        return Partial(request.path, request.sop_instance, request.sop_class)
+
+    def _read(self, provider: Any) -> None:
+        sock = provider.socket.socket
+        pdu_type, _, length = struct.unpack(">BBL", _exact(sock, 6))
+        if pdu_type != commands.P_DATA_TF:
+            self._hand_over(provider, pdu_type, length)
+            return
+        remaining = length
+        while remaining:
+            if remaining < 6:
+                raise _Invalid("a P-DATA-TF PDU ends inside a PDV item header")
+            item_length, context_id, control = struct.unpack(">IBB", _exact(sock, 6))
+            if item_length < 2 or item_length + 4 > remaining:
+                raise _Invalid("a PDV item's length does not fit its P-DATA-TF PDU")
+            if context_id not in self.contexts:
+                raise _Invalid(f"presentation context {context_id} was not accepted")
+            remaining -= item_length + 4
+            size = item_length - 2
+            if control & commands.COMMAND:
+                self._gather(sock, size, context_id, control, provider)
+            else:
+                self._write(sock, size, context_id, control, provider)
+
+    def _gather(self, sock: Any, size: int, context_id: int, control: int, provider: Any) -> None:
+        if self._request is not None:
+            raise _Invalid("a command arrived while a dataset was still arriving")
+        if len(self._command) + size > MAX_COMMAND:
+            raise _Invalid(f"a command set of more than {MAX_COMMAND} bytes")
+        self._command += _exact(sock, size)
+        if control & commands.LAST:
+            elements = commands.parse(bytes(self._command))
+            self._command.clear()
+            self._begin(elements, context_id, provider)
+
+    def _begin(self, elements: dict[int, bytes], context_id: int, provider: Any) -> None:
+        field = commands.read_us(elements, commands.COMMAND_FIELD)
+        message_id = commands.read_us(elements, commands.MESSAGE_ID)
+        abstract, transfer = self.contexts[context_id]
+        if field == commands.C_ECHO_RQ:
+            _send(provider, context_id, commands.c_echo_rsp(abstract, message_id))
+            return
+        if field != commands.C_STORE_RQ:
+            raise _Invalid(f"command 0x{field:04X} is not served on a storage association")
+        if commands.read_us(elements, commands.DATASET_TYPE) == commands.NO_DATASET:
+            raise _Invalid("a C-STORE request without a dataset")
+        sop_class = commands.read_uid(elements, commands.AFFECTED_SOP_CLASS)
+        sop_instance = commands.read_uid(elements, commands.AFFECTED_SOP_INSTANCE)
+        path = self.folder / f"{self.prefix}{ids.new_id()}.dcm"
+        file = open(path, "wb")  # noqa: SIM115 - closed when complete or by take_partial
+        self._request = _Request(context_id, message_id, sop_class, sop_instance, path, file)
+        file.write(file_meta(sop_class, sop_instance, transfer))
+
+    def _write(self, sock: Any, size: int, context_id: int, control: int, provider: Any) -> None:
+        request = self._request
+        if request is None:
+            raise _Invalid("a dataset fragment with no C-STORE request before it")
+        if context_id != request.context_id:
+            raise _Invalid("a dataset fragment on another presentation context than its request")
+        view, file = self._view, request.file
+        while size:
+            got = _recv_into(sock, view, min(size, CHUNK))
+            file.write(view[:got])
+            size -= got
+        if control & commands.LAST:
+            self._request = None
+            file.close()
+            self._answer(request, provider)
+
+    def _answer(self, request: _Request, provider: Any) -> None:
+        try:
+            status, comment = self.store(provider.assoc, request.path, request.sop_class)
+        except Exception:  # noqa: BLE001 - as pynetdicom answers a handler that raised
+            log.exception("storing a SOP instance failed")
+            status, comment = UNHANDLED, None
+        rsp = commands.c_store_rsp(
+            request.sop_class, request.sop_instance, request.message_id, status, comment
+        )
+        _send(provider, request.context_id, rsp)
+
+    def _hand_over(self, provider: Any, pdu_type: int, length: int) -> None:
+        """A PDU that is not P-DATA-TF goes to pynetdicom, as its ``_read_pdu_data`` would."""
+        if pdu_type not in (0x01, 0x02, 0x03, 0x05, 0x06, 0x07) or length > MAX_OTHER_PDU:
+            raise _Invalid(f"a PDU of type 0x{pdu_type:02X} and {length} bytes")
+        data = bytearray(struct.pack(">BBL", pdu_type, 0, length))
+        data += _exact(provider.socket.socket, length)
+        try:
+            pdu, event = provider._decode_pdu(data)
+        except Exception as exc:  # noqa: BLE001 - pynetdicom's answer: an invalid PDU
+            raise _Invalid(f"a PDU of type 0x{pdu_type:02X} that cannot be decoded") from exc
+        provider.event_queue.put(event)
+        provider._recv_pdu.put(pdu)
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """The preamble, prefix and File Meta Information (PS3.10 7.1) pynetdicom writes before a
+    received dataset (``create_file_meta`` and pydicom's ``write_file_meta_info``)."""
+
+    def element(tag: int, vr: bytes, value: bytes) -> bytes:
+        if vr == b"OB":
+            return struct.pack("<HH2sHI", 0x0002, tag, vr, 0, len(value)) + value
+        return struct.pack("<HH2sH", 0x0002, tag, vr, len(value)) + value
+
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join(
+        (
+            element(0x0001, b"OB", b"\x00\x01"),
+            element(0x0002, b"UI", commands.uid(sop_class)),
+            element(0x0003, b"UI", commands.uid(sop_instance)),
+            element(0x0010, b"UI", commands.uid(transfer_syntax)),
+            element(0x0012, b"UI", commands.uid(str(PYNETDICOM_IMPLEMENTATION_UID))),
+            element(0x0013, b"SH", version + b" " * (len(version) % 2)),
+        )
+    )
+    length = element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + length + body
+
+
+def _send(provider: Any, context_id: int, command: bytes) -> None:
+    """A response command set as one P-DATA-TF PDU (pynetdicom queues Evt17 if it fails)."""
+    provider.socket.send(commands.p_data_tf(context_id, commands.COMMAND | commands.LAST, command))
+
+
+def _exact(sock: Any, n: int) -> bytes:
+    buffer = bytearray(n)
+    view = memoryview(buffer)
+    got = 0
+    while got < n:
+        got += _recv_into(sock, view[got:], n - got)
+    return bytes(buffer)
+
+
+def _recv_into(sock: Any, view: memoryview, n: int) -> int:
+    try:
+        got: int = sock.recv_into(view, n)
+    except (OSError, ValueError) as exc:  # reset, timed out (network timeout), closed
+        raise _Closed from exc
+    if not got:
+        raise _Closed
+    return got
