@@ -90,12 +90,13 @@ class PersonName:
         return "=".join([self.alphabetic, self.ideographic, self.phonetic]).rstrip("=")
 
 
-def decode_text(ds: Dataset, keyword: str) -> str | None:
-    """The value of a text element (several values joined by "\\"), or None when absent/empty."""
+def decode_text(ds: Dataset, keyword: str, codecs: list[str] | None = None) -> str | None:
+    """The value of a text element (several values joined by "\\"), or None when absent/empty.
+    ``codecs``: ``codecs_of(ds)``, when the caller reads several elements of ``ds``."""
     if keyword not in ds:
         return None
     elem = ds.get_item(keyword)
-    encodings = _encodings(ds)
+    encodings = codecs if codecs is not None else codecs_of(ds)
     if _is_ir58(encodings) and _vr(elem) in TEXT_VRS:
         text = _decode_ir58_element(elem, encodings)
     else:
@@ -103,9 +104,11 @@ def decode_text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def person_name(ds: Dataset, keyword: str = "PatientName") -> PersonName | None:
+def person_name(
+    ds: Dataset, keyword: str = "PatientName", codecs: list[str] | None = None
+) -> PersonName | None:
     """The (first) person name in ``keyword``, split into its component groups."""
-    text = decode_text(ds, keyword)
+    text = decode_text(ds, keyword, codecs)
     if text is None:
         return None
     name = PersonName.parse(text.split("\\")[0])
@@ -123,7 +126,7 @@ def fix_dataset(ds: Dataset) -> Dataset:
 
     Elements decoded under other character sets are left untouched (and not even converted).
     """
-    _fix(ds, _encodings(ds))
+    _fix(ds, codecs_of(ds))
     return ds
 
 
@@ -139,7 +142,7 @@ def _fix(ds: Dataset, encodings: list[str]) -> None:
             ds[elem.tag] = DataElement(elem.tag, vr, _as_value(text, vr))
 
 
-def _encodings(ds: Dataset) -> list[str]:
+def codecs_of(ds: Dataset) -> list[str]:
     """Python codecs of the dataset's Specific Character Set, inherited in sequence items."""
     own = _own_encodings(ds)
     if own:

@@ -62,7 +62,8 @@ def row(
     calling_ae: str | None,
 ) -> dict[str, Any]:
     """The index row of one instance (the dataset read without its pixel data is enough)."""
-    name = charsets.person_name(ds, "PatientName")
+    codecs = charsets.codecs_of(ds)
+    name = charsets.person_name(ds, "PatientName", codecs)
     return {
         "sop_uid": str(ds.SOPInstanceUID),
         "sop_class": str(ds.SOPClassUID),
@@ -72,21 +73,21 @@ def row(
         "patient_ref": patient_ref,
         "org_id": org_id,
         "calling_ae": calling_ae,
-        "dicom_patient_id": charsets.decode_text(ds, "PatientID"),
-        "issuer": charsets.decode_text(ds, "IssuerOfPatientID"),
+        "dicom_patient_id": charsets.decode_text(ds, "PatientID", codecs),
+        "issuer": charsets.decode_text(ds, "IssuerOfPatientID", codecs),
         "patient_name": str(name) if name else None,
         "name_key": charsets.name_key(str(name)) if name else None,
         "birth_date": str(ds.get("PatientBirthDate", "") or "")[:8] or None,
         "sex": str(ds.get("PatientSex", "") or "") or None,
         "study_date": str(ds.get("StudyDate", "") or "")[:8] or None,
         "study_time": str(ds.get("StudyTime", "") or "")[:16] or None,
-        "accession": charsets.decode_text(ds, "AccessionNumber"),
-        "study_id": charsets.decode_text(ds, "StudyID"),
-        "study_description": charsets.decode_text(ds, "StudyDescription"),
-        "referring": _name_text(ds, "ReferringPhysicianName"),
+        "accession": charsets.decode_text(ds, "AccessionNumber", codecs),
+        "study_id": charsets.decode_text(ds, "StudyID", codecs),
+        "study_description": charsets.decode_text(ds, "StudyDescription", codecs),
+        "referring": _name_text(ds, "ReferringPhysicianName", codecs),
         "modality": str(ds.get("Modality", "") or "") or None,
         "series_number": _int(ds.get("SeriesNumber")),
-        "series_description": charsets.decode_text(ds, "SeriesDescription"),
+        "series_description": charsets.decode_text(ds, "SeriesDescription", codecs),
         "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
         "instance_number": _int(ds.get("InstanceNumber")),
         "frames": _int(ds.get("NumberOfFrames")) or (1 if "PixelData" in ds else None),
@@ -97,8 +98,8 @@ def row(
     }
 
 
-def _name_text(ds: Dataset, keyword: str) -> str | None:
-    name = charsets.person_name(ds, keyword)
+def _name_text(ds: Dataset, keyword: str, codecs: list[str]) -> str | None:
+    name = charsets.person_name(ds, keyword, codecs)
     return str(name) if name else None
 
 

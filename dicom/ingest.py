@@ -497,7 +497,10 @@ def patient_identifiers(ds: Dataset, origin: Origin) -> list[dict[str, Any]]:
     """PatientID (with IssuerOfPatientID, else the sending clinic, as the namespace) and the
     resident identity number wherever it appears (PatientID or OtherPatientIDsSequence)."""
     out: list[dict[str, Any]] = []
-    namespace = charsets.decode_text(ds, "IssuerOfPatientID") or origin.organization or "unknown"
+    codecs = charsets.codecs_of(ds)
+    namespace = (
+        charsets.decode_text(ds, "IssuerOfPatientID", codecs) or origin.organization or "unknown"
+    )
 
     def add(value: str | None, issuer: str) -> None:
         value = (value or "").strip()
@@ -510,7 +513,7 @@ def patient_identifiers(ds: Dataset, origin: Origin) -> list[dict[str, Any]]:
         if ident not in out:
             out.append(ident)
 
-    add(charsets.decode_text(ds, "PatientID"), namespace)
+    add(charsets.decode_text(ds, "PatientID", codecs), namespace)
     for item in ds.get("OtherPatientIDsSequence", []) or []:
         issuer = charsets.decode_text(item, "IssuerOfPatientID") or namespace
         add(charsets.decode_text(item, "PatientID"), issuer)
