@@ -34,6 +34,7 @@ storescu must exit 0 and the receiver must hold every instance sent (storescp: f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -76,6 +77,7 @@ CALLING_AE = "XINGFU_CT"
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
 RECEIVERS = ("storescp", "orthanc", "gateway")
 KNOWN_RECEIVERS = (*RECEIVERS, "storescp-single")
+SINGLE = "single"  # small instances, one association (one storescu) each, in turn
 SMALL_PER_STUDY = 50
 LARGE_PER_STUDY = 10
 LARGE_SIDE = 2048
@@ -679,7 +681,11 @@ class Senders:
     """``associations`` storescu processes, each one association with its share of the files
     (split in order, so a study goes to one association or, at a boundary, two)."""
 
-    def __init__(self, port: int, called: str, files: list[Path], associations: int) -> None:
+    def __init__(
+        self, port: int, called: str, files: list[Path], associations: int, *, in_turn=False
+    ) -> None:
+        """``in_turn``: each storescu starts when the one before it has exited."""
+        self.in_turn = in_turn
         n = len(files)
         self.groups = [
             files[k * n // associations : (k + 1) * n // associations] for k in range(associations)
@@ -698,6 +704,7 @@ class Senders:
         outputs = [tempfile.TemporaryFile() for _ in self.groups]
         start = time.perf_counter()
         try:
+            deadline = time.monotonic() + timeout
             for group, out in zip(self.groups, outputs, strict=True):
                 command = [STORESCU, "-aet", CALLING_AE, "-aec", self.called]
                 command += ["-to", "10", "-ts", str(socket_timeout), HOST, str(self.port)]
@@ -709,7 +716,9 @@ class Senders:
                         stderr=subprocess.STDOUT,
                     )
                 )
-            deadline = time.monotonic() + timeout
+                if self.in_turn:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.processes[-1].wait(max(0.1, deadline - time.monotonic()))
             for k, process in enumerate(self.processes):
                 try:
                     process.wait(max(0.1, deadline - time.monotonic()))
@@ -791,7 +800,7 @@ def measure(
         batch = (
             maker.make_huge(folder, args.huge_mib)
             if kind == "huge"
-            else maker.make(kind, count, folder)
+            else maker.make("small" if kind == SINGLE else kind, count, folder)
         )
         result.instances, result.nbytes, result.studies = (
             len(batch.files),
@@ -803,7 +812,14 @@ def measure(
         os.sync()  # the files just written are not flushed during the measurement
         result.background = wait_quiet(args.quiet_wait)
         before = receiver.count()
-        senders = Senders(receiver.port, receiver.ae, batch.files, associations)
+        in_turn = kind == SINGLE  # one storescu (one association) per instance, in turn
+        senders = Senders(
+            receiver.port,
+            receiver.ae,
+            batch.files,
+            len(batch.files) if in_turn else associations,
+            in_turn=in_turn,
+        )
         meter = Meter(receiver.pid, senders.pids)
         timeout = 120 + batch.nbytes / (2 * MB)  # at least 2 MB/s
         meter.start()
@@ -913,6 +929,8 @@ def bench_receiver(
         if count
         for associations in args.associations
     ]
+    if args.single:
+        configs.append((SINGLE, args.single, 1))
     with tempfile.TemporaryDirectory(prefix=f"yilian-dicom-{name}-", dir=args.tmp) as tmp:
         receiver = make_receiver(name, Path(tmp), code)
         description = receiver.description
@@ -1006,8 +1024,9 @@ def table(results: list[Result]) -> str:
             ratio = f"{r.rate / base.rate:.2f}"
         flag = "" if r.valid else " **INVALID**"
         wall = r.seconds + r.settle
+        each = "1 per instance" if r.kind == SINGLE else str(r.associations)
         lines.append(
-            f"| {r.receiver}{flag} | {r.kind} | {r.associations} | {r.instances} "
+            f"| {r.receiver}{flag} | {r.kind} | {each} | {r.instances} "
             f"| {r.rate:,.0f} | {r.mbps:,.1f} | {ratio} "
             f"| {cpu_per_instance(r):.2f} ms ({r.receiver_cpu / wall if wall else 0:.0%}) "
             f"| {r.peak_rss / MIB:,.0f} MiB | {r.background:.0%} / {r.others:.0%} |"
@@ -1030,6 +1049,14 @@ def bars(results: list[Result]) -> list[str]:
         peer = by.get(("orthanc", r.kind, r.associations))
         n = f"{r.associations} association{'s' if r.associations > 1 else ''}"
         ok: bool | None = True  # None: a figure the bar needs was not measured
+        if r.kind == SINGLE:  # no bar: how a modality that opens an association per image fares
+            parts = [f"gateway {r.rate:,.1f}/s"]
+            if peer:
+                parts.append(f"{r.rate / peer.rate:.2f} x Orthanc's {peer.rate:,.1f}/s")
+            if limit:
+                parts.append(f"storescp {limit.rate:,.1f}/s")
+            out.append("- small, one association per instance (no bar): " + ", ".join(parts) + ".")
+            continue
         if r.kind == "small":
             parts = [f"gateway {r.rate:,.0f}/s"]
             if limit:
@@ -1112,7 +1139,10 @@ def report(
         f"order between them. **small**: {args.small} copies of pydicom's CT_small.dcm "
         f"({sizes.get('small', 0) / 1000:.1f} KB each), {SMALL_PER_STUDY} per study; "
         f"**large**: {args.large} CT images of {LARGE_SIDE} x {LARGE_SIDE} x 16 bit "
-        f"({sizes.get('large', 0) / MB:.1f} MB each), {LARGE_PER_STUDY} per study. Every "
+        f"({sizes.get('large', 0) / MB:.1f} MB each), {LARGE_PER_STUDY} per study; "
+        f"**single**: {args.single} small instances, each in an association of its own (one "
+        "storescu process per instance, each started when the one before it has exited), as a "
+        "modality that opens an association per image sends them. Every "
         "instance has fresh SOP Instance, series and study UIDs (new files for every round, "
         "written and synced before it); studies go to 20 residents in turn (Chinese names in "
         "UTF-8, resident identity number as PatientID). Per configuration "
@@ -1197,6 +1227,12 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=500, help="small instances per round")
     parser.add_argument("--large", type=int, default=40, help="large instances per round")
     parser.add_argument("--associations", default="1,4", help="parallel associations")
+    parser.add_argument(
+        "--single",
+        type=int,
+        default=100,
+        help="small instances sent one association each, storescu after storescu (0: none)",
+    )
     parser.add_argument("--skip-huge", action="store_true", help="leave out the 1 GiB instance")
     parser.add_argument("--huge-mib", type=int, default=1024, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
