@@ -5,7 +5,8 @@ A listener only: it receives the object (streamed to a file as it arrives, never
 encoded again), hands it to ``DicomIngest.file`` and answers with the outcome's DIMSE status
 (``ingest.STATUS``). The success status goes out only after the object and its index row are
 durable. When an association ends, the ImagingStudy of each study it touched is brought up to
-date once (counts and instances), not after every instance.
+date (counts and instances), not after every instance, and once its associations have been
+quiet for a moment, not after every association (``dicom.refresh``).
 
 An association that carries storage and verification only is served by the storage lane
 (``dicom.lane``) once established; any other (query/retrieve, or storage mixed with it) by
@@ -43,6 +44,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom import reactor
 from dicom.ingest import DicomIngest, Origin
 from dicom.lane import VERIFICATION, StorageLane
+from dicom.refresh import StudyRefresher
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class ScpSettings:
     dimse_timeout: float = 60
     network_timeout: float = 120
     maximum_pdu_size: int = 0  # what we receive: unlimited, fewer fragments
+    # an ImagingStudy is brought up to date once its associations have been quiet this long
+    # (at the latest this long after the first ended): dicom.refresh
+    study_quiet_seconds: float = 1.0
+    study_longest_seconds: float = 10.0
 
 
 class _GatewayAE(AE):  # type: ignore[misc]
@@ -100,6 +106,11 @@ class DicomServer:
         self._lock = threading.Lock()
         self._server: Any = None
         self._storage: frozenset[str] = frozenset()  # abstract syntaxes the lane may serve
+        self._refresher = StudyRefresher(
+            ingest.refresh_studies,
+            quiet=settings.study_quiet_seconds,
+            longest=settings.study_longest_seconds,
+        )
 
     def _allowed(self) -> list[str]:
         when, titles = self._titles
@@ -137,6 +148,7 @@ class DicomServer:
             # for debugging. Associations accepted, released and aborted are still logged.
             _config.LOG_HANDLER_LEVEL = "none"
         _receive_into(self.ingest.store.scratch())
+        self._refresher.start()
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _nodelay),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
@@ -169,6 +181,7 @@ class DicomServer:
             self._server.shutdown()
             self._server = None
             log.info("DICOM SCP stopped")
+        self._refresher.stop()
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -224,7 +237,7 @@ class DicomServer:
         with self._lock:
             studies = self._touched.pop(id(event.assoc), None)
         if studies:
-            self.ingest.refresh_studies(studies, self.origin(event.assoc))
+            self._refresher.request(studies, self.origin(event.assoc))
 
     def _keep_cut_off(self, event: Any) -> None:
         """An object still arriving when the association ended (abort, dropped connection):

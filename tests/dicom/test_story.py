@@ -5,6 +5,7 @@ the FHIR API and DICOMweb, and dcmtk's findscu and getscu query and retrieve the
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -43,11 +44,17 @@ def test_an_ecg_and_a_ct_series_from_storescu_to_the_record_and_back(
     fhir = httpx.Client(
         base_url=live_gateway.base, headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
-    # the ImagingStudy of each, counts computed once the associations ended
-    studies = fhir.get("/fhir/ImagingStudy", params={"_count": "10"}).json()
-    by_uid = {
-        s["resource"]["identifier"][0]["value"]: s["resource"] for s in studies.get("entry", [])
-    }
+    # the ImagingStudy of each, counts computed once the associations ended and were quiet
+    deadline = time.monotonic() + 15
+    while True:
+        studies = fhir.get("/fhir/ImagingStudy", params={"_count": "10"}).json()
+        by_uid = {
+            s["resource"]["identifier"][0]["value"]: s["resource"] for s in studies.get("entry", [])
+        }
+        counted = by_uid.get(f"urn:oid:{ct_study}", {}).get("numberOfInstances")
+        if counted == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert set(by_uid) == {f"urn:oid:{ct_study}", f"urn:oid:{ecg_ds.StudyInstanceUID}"}
     assert by_uid[f"urn:oid:{ct_study}"]["numberOfInstances"] == 4
     assert by_uid[f"urn:oid:{ct_study}"]["description"] == "胸部平扫"

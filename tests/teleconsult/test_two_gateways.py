@@ -245,22 +245,23 @@ def ecg_file(folder: Path, number: str) -> tuple[pydicom.Dataset, Path]:
     return ds, path
 
 
-def imaging_study_id(township: Gateway, doctor: dict[str, str], study_uid: str, n: int) -> str:
-    """The township's ImagingStudy of a Study Instance UID, once all ``n`` instances show."""
+def imaging_study_id(member: Gateway, user: dict[str, str], study_uid: str, n: int) -> str:
+    """A member's ImagingStudy of a Study Instance UID, once all ``n`` instances show (counted
+    once the associations that brought them have ended and been quiet)."""
 
     def probe() -> str | None:
-        with township.client() as api:
+        with member.client() as api:
             found = api.get(
                 "/fhir/ImagingStudy",
                 params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"},
-                headers=doctor,
+                headers=user,
             ).json()
         entries = found.get("entry") or []
         if len(entries) == 1 and entries[0]["resource"].get("numberOfInstances") == n:
             return str(entries[0]["resource"]["id"])
         return None
 
-    return until(f"the ImagingStudy of {study_uid} at the township", probe, timeout=30)
+    return until(f"the ImagingStudy of {study_uid} with {n} instances", probe, timeout=30)
 
 
 def ecg_observation_id(township: Gateway, doctor: dict[str, str]) -> str:
@@ -544,15 +545,7 @@ def test_the_sender_killed_mid_delivery_resumes_without_duplicates(pair, tmp_pat
     assert hospital.tasks_for(made["key"]) == 1
     assert hospital.count_by_identifier("ImagingStudy", "urn:dicom:uid", f"urn:oid:{ct_uid}") == 1
     assert task(township, doctor, made["id"])["status"] == "received"
-    specialist = hospital.login("specialist.city")
-    with hospital.client() as api:
-        found = api.get(
-            "/fhir/ImagingStudy",
-            params={"identifier": f"urn:dicom:uid|urn:oid:{ct_uid}"},
-            headers=specialist,
-        ).json()
-    assert found.get("total") == 1, found
-    assert found["entry"][0]["resource"]["numberOfInstances"] == count
+    imaging_study_id(hospital, hospital.login("specialist.city"), ct_uid, count)
     print(f"killed with {held} of {count} instances at the hospital")
 
 
