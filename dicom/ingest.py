@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -447,9 +448,19 @@ class DicomIngest:
 # -- reading and checking ------------------------------------------------------------------------
 
 
+IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed from memory
+
+
 def _read(path: Path) -> Dataset:
+    """The header (all but the pixel data). An object of at most ``IN_MEMORY`` bytes is read in
+    one call and parsed from memory: pydicom asks its file for its position at every element,
+    a system call each (some 270 for a small CT), and each call lets the interpreter's other
+    threads in; with several associations at once that cost more than the parsing."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as f:
+            data = f.read(IN_MEMORY + 1)
+        source: Any = BytesIO(data) if len(data) <= IN_MEMORY else path
+        ds = dcmread(source, stop_before_pixels=True)
         charsets.fix_dataset(ds)
         ds.get("PatientName")  # decodes lazily: fail here, not later
         return ds
