@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
 
+from dicom import quarantine
+from dicom.ingest import Origin
 from dicom.storage import FileStore
+from gateway.context import Context
+from records import schema
 
 
 def test_an_object_put_is_read_back_and_the_source_is_gone(tmp_path: Path) -> None:
@@ -25,3 +33,36 @@ def test_a_key_outside_the_store_is_refused(tmp_path: Path, key: str) -> None:
     store = FileStore(tmp_path / "objects")
     with pytest.raises(ValueError, match="outside the store"):
         store.path(key)
+
+
+def test_an_object_the_disk_cannot_keep_is_not_indexed_and_is_quarantined(
+    demo: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object is made durable before its unit commits: when the disk fails, nothing of
+    the unit commits and the sender is told to retry (0xA700)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    put_file, failures = demo.dicom.store.put_file, []
+
+    def fails_once(key: str, source: Path) -> None:  # then the quarantine keeps the object
+        if not failures:
+            failures.append(key)
+            raise OSError(5, "Input/output error")
+        put_file(key, source)
+
+    monkeypatch.setattr(demo.dicom.store, "put_file", fails_once)
+    outcome = demo.dicom.file(path, Origin("dicom", "XINGFU_CT", "127.0.0.1:1", "XINGFU-THC"))
+    assert outcome.status == 0xA700 and "OSError" in (outcome.reason or "")
+    with demo.engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(schema.dicom_instance)).scalar()
+        studies = conn.execute(
+            select(func.count())
+            .select_from(schema.resource)
+            .where(schema.resource.c.res_type == "ImagingStudy")
+        ).scalar()
+    assert rows == 0 and studies == 0  # nothing of the unit committed
+    [entry] = quarantine.entries(demo.engine)
+    assert entry.sop_uid == ds.SOPInstanceUID
