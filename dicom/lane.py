@@ -180,10 +180,11 @@ class StorageLane:
             raise _Invalid("a dataset fragment with no C-STORE request before it")
         if context_id != request.context_id:
             raise _Invalid("a dataset fragment on another presentation context than its request")
-        view, file = self._view, request.file
+        view, file, timer = self._view, request.file, provider._idle_timer
         while size:
             got = _recv_into(sock, view, min(size, CHUNK))
             file.write(view[:got])
+            timer.restart()  # a long PDU arriving is not silence
             size -= got
         if control & commands.LAST:
             self._request = None
@@ -191,11 +192,19 @@ class StorageLane:
             self._answer(request, provider)
 
     def _answer(self, request: _Request, provider: Any) -> None:
+        # the association's thread watches the network timeout while this one files: the time
+        # spent filing is ours, not the sender's silence (pynetdicom's own C-STORE handler runs
+        # on that thread, which then does not look), so the timer is held still meanwhile
+        timer = provider._idle_timer
+        timer.restart()
+        timer.stop()
         try:
             status, comment = self.store(provider.assoc, request.path, request.sop_class)
         except Exception:  # noqa: BLE001 - as pynetdicom answers a handler that raised
             log.exception("storing a SOP instance failed")
             status, comment = UNHANDLED, None
+        finally:
+            timer.restart()
         rsp = commands.c_store_rsp(
             request.sop_class, request.sop_instance, request.message_id, status, comment
         )

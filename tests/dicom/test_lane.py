@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicom import commands, quarantine
-from dicom.scp import DicomServer
+from dicom.scp import DicomServer, ScpSettings
 from dicom.send import Destination, send
 from gateway.context import Context
 from records import schema
@@ -176,3 +176,28 @@ def test_a_c_store_answer_carries_the_refusal_and_its_comment(
     assert through_pynetdicom == []
     assert status.Status == 0xA900  # data set does not match SOP class: a UID is missing
     assert "StudyInstanceUID" in status.ErrorComment
+
+
+def test_filing_slower_than_the_network_timeout_does_not_end_the_association(
+    demo: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's thread files the instance while the association's thread watches the
+    network timeout: the time spent filing is not silence from the sender."""
+    original = demo.dicom.file
+
+    def slow_file(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.5)  # the writer busy with others' work
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(demo.dicom, "file", slow_file)
+    server = DicomServer(
+        demo.dicom, ScpSettings(port=0, network_timeout=1), known_ae_titles=lambda: ["XINGFU_CT"]
+    )
+    server.start()
+    try:
+        files = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 2)
+        out = storescu(server.port, *files)
+    finally:
+        server.stop()
+    assert out.count("Received Store Response (Success)") == 2, out
+    assert len(_filed(demo)) == 2
