@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom import charsets
 from dicom.storage import ObjectStore
+from records import bulk
 from records.schema import dicom_instance
 
 log = logging.getLogger(__name__)
@@ -103,18 +104,17 @@ def _name_text(ds: Dataset, keyword: str, codecs: list[str]) -> str | None:
     return str(name) if name else None
 
 
-_INSERT = dicom_instance.insert()  # one statement, compiled once: values go as parameters
-_DIGEST = select(dicom_instance.c.digest).where(dicom_instance.c.sop_uid == bindparam("sop"))
-
-
 def insert(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(_INSERT, values)
+    """One instance's row, through the driver (``records.bulk``: the columns' own conversions,
+    without Core's per-statement work, which cost more than SQLite's)."""
+    bulk.insert_rows(conn, dicom_instance, [values])
 
 
 def digest_of(conn: Connection, sop_uid: str) -> str | None:
     """The SHA-256 of the instance stored under ``sop_uid`` (None: not stored)."""
-    found: str | None = conn.execute(_DIGEST, {"sop": sop_uid}).scalar()
-    return found
+    sql = f"SELECT digest FROM dicom_instance WHERE sop_uid = {bulk.mark(conn)}"
+    rows = bulk.fetch_all(conn, sql, (sop_uid,))
+    return str(rows[0][0]) if rows else None
 
 
 def study_rows(conn: Connection, study_uid: str) -> list[Any]:
