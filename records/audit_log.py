@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from records import bulk, fhirdates
 from records.schema import audit_head, audit_record
@@ -53,8 +53,8 @@ def append(conn: Connection, who: Principal, event: Event) -> int:
 
 def append_many(conn: Connection, events: list[tuple[Principal, Event]]) -> int:
     """``append`` for several events in order, with one read and one move of the chain's head."""
-    head = conn.execute(_HEAD).one()
-    seq, prev = head.seq, head.hash
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite's writer is alone
+    [(seq, prev)] = bulk.fetch_all(conn, f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}", ())
     recorded = fhirdates.now()
     rows = []
     for who, event in events:
@@ -77,17 +77,11 @@ def append_many(conn: Connection, events: list[tuple[Principal, Event]]) -> int:
             rows.append(_row(entry, prev, digest))
             prev = digest
     bulk.insert_rows(conn, audit_record, rows)
-    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    mark = bulk.mark(conn)
+    bulk.execute(
+        conn, f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev)
+    )
     return seq
-
-
-# built once (the ingest writer appends for every message)
-_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
-_MOVE_HEAD = (
-    update(audit_head)
-    .where(audit_head.c.id == 1)
-    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-)
 
 
 def _row(entry: AuditEntry, prev: str, digest: str) -> dict[str, Any]:
