@@ -164,6 +164,10 @@ class DicomServer:
             evt_handlers=handlers,
             ssl_context=self.ssl_context,
         )
+        # pynetdicom's server runs a full gc.collect() every 60 turns of its accept loop (each
+        # association, or every 30 s idle): 60-80 ms holding the interpreter's lock in this
+        # process, all ingest stalled meanwhile. Python's own collector finds the cycles.
+        self._server.service_actions = _no_service_actions
         log.info(
             "DICOM SCP %s listening on %s:%d%s",
             self.settings.ae_title,
@@ -313,6 +317,10 @@ def _receive_into(folder: Path) -> None:
     dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
         tempfile.NamedTemporaryFile, dir=folder, prefix=RECEIVING
     )
+
+
+def _no_service_actions() -> None:
+    """The accept loop's hook between connections: nothing to do (see ``DicomServer.start``)."""
 
 
 def _copy_contexts(contexts: Any) -> Any:
