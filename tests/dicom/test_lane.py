@@ -67,7 +67,9 @@ def test_a_modalitys_association_is_served_by_the_lane(
         original = pydicom.dcmread(path)
         del original[0xFFFCFFFC]  # trailing padding storescu does not send
         assert pydicom.dcmread(stored) == original
+        # the digest and size taken as the lane wrote the file are the file's
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == row.digest
+        assert row.size == stored.stat().st_size
     done = dcmtk("echoscu", "-aet", "XINGFU_CT", "-aec", "YILIAN", "127.0.0.1", str(server.port))
     assert done.returncode == 0, done.stderr  # a C-ECHO on its own association, in the lane
 
@@ -106,6 +108,8 @@ def test_a_large_instance_in_megabyte_pdus_is_streamed_through_the_lane(
     row = _filed(demo)[ds.SOPInstanceUID]
     stored = Path(demo.dicom.store.path(row.storage_key))
     assert dataset_bytes(stored) == dataset_bytes(tmp_path / "big.dcm")
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == row.digest
+    assert row.size == stored.stat().st_size
 
 
 def _raw_association(port: int) -> Any:
