@@ -43,7 +43,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom import reactor
 from dicom.ingest import DicomIngest, Origin
-from dicom.lane import VERIFICATION, StorageLane
+from dicom.lane import VERIFICATION, Partial, StorageLane
 from dicom.refresh import StudyRefresher
 
 log = logging.getLogger(__name__)
@@ -244,32 +244,38 @@ class DicomServer:
             self._refresher.request(studies, self.origin(event.assoc))
 
     def _keep_cut_off(self, event: Any) -> None:
-        """An object still arriving when the association ended (abort, dropped connection):
-        pynetdicom leaves its partial temporary file behind and says nothing; quarantine it.
-        (Reads pynetdicom's receiving message, whose attributes are not public API.)"""
-        lane = reactor.lane_of(event.assoc)
-        partial_in_lane = lane.take_partial() if lane is not None else None
-        if partial_in_lane is not None:
+        """An object still arriving when the association ended (abort, dropped connection) is
+        left half-written and unanswered; quarantine what arrived of it."""
+        partial = _arriving(event.assoc)
+        if partial is not None:
             self.ingest.cut_off(
-                partial_in_lane.path,
+                partial.path,
                 self.origin(event.assoc),
-                sop_uid=partial_in_lane.sop_instance,
-                sop_class=partial_in_lane.sop_class,
+                sop_uid=partial.sop_instance or None,
+                sop_class=partial.sop_class or None,
             )
-            return
-        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-        partial = getattr(message, "_data_set_file", None)
-        if message is None or partial is None:
-            return
-        message._data_set_file = None
-        partial.close()
-        command = getattr(message, "command_set", None)
-        self.ingest.cut_off(
-            Path(partial.name),
-            self.origin(event.assoc),
-            sop_uid=str(getattr(command, "AffectedSOPInstanceUID", "") or "") or None,
-            sop_class=str(getattr(command, "AffectedSOPClassUID", "") or "") or None,
-        )
+
+
+def _arriving(assoc: Any) -> Partial | None:
+    """The object whose transfer broke off, its file closed: the storage lane's, or the one
+    pynetdicom leaves behind without a word (read from its receiving message, whose attributes
+    are not public API)."""
+    lane = reactor.lane_of(assoc)
+    arrived: Partial | None = lane.take_partial() if lane is not None else None
+    if arrived is not None:
+        return arrived
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if message is None or partial is None:
+        return None
+    message._data_set_file = None
+    partial.close()
+    command = getattr(message, "command_set", None)
+    return Partial(
+        Path(partial.name),
+        str(getattr(command, "AffectedSOPInstanceUID", "") or ""),
+        str(getattr(command, "AffectedSOPClassUID", "") or ""),
+    )
 
 
 def peer_certificate(assoc: Any) -> dict[str, Any] | None:
