@@ -141,7 +141,12 @@ def read_uid(elements: dict[int, bytes], tag: int) -> str:
     return value
 
 
+def pdv_header(context_id: int, control: int, n: int) -> bytes:
+    """The head of a P-DATA-TF PDU holding one PDV of ``n`` bytes of data: the PDU's type and
+    length, the item's length, its presentation context and its message control header."""
+    return struct.pack(">BBIIBB", P_DATA_TF, 0x00, n + 6, n + 2, context_id, control)
+
+
 def p_data_tf(context_id: int, control: int, data: bytes) -> bytes:
     """One P-DATA-TF PDU with one PDV carrying all of ``data``."""
-    n = len(data)
-    return struct.pack(">BBIIBB", P_DATA_TF, 0x00, n + 6, n + 2, context_id, control) + data
+    return pdv_header(context_id, control, len(data)) + data

@@ -58,7 +58,6 @@ import math
 import queue
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import deque
@@ -567,9 +566,9 @@ def _pdus(
     parts: list[bytes | memoryview] = []
     for start in range(0, len(data), size) or range(1):  # no data: one empty PDV
         chunk = view[start : start + size]
-        header = kind | (0x02 if last and start + size >= len(data) else 0x00)
+        header = kind | (commands.LAST if last and start + size >= len(data) else 0x00)
         n = len(chunk)
-        parts += (struct.pack(">BBIIBB", 0x04, 0x00, n + 6, n + 2, context_id, header), chunk)
+        parts += (commands.pdv_header(context_id, header, n), chunk)
     return parts
 
 
