@@ -56,13 +56,18 @@ class Segment:
     name: str
     fields: list[str]  # fields[n] is field n (MSH: fields[1] is the field separator)
     sequence: int  # 1-based position in the message
-    message: Message = field(repr=False)
+    # the message's separators, codec and set of fields read, shared with it: a segment holds
+    # no reference back to its message, so a parsed message is freed as soon as it is dropped
+    # (a cycle would leave its ~600 objects to the garbage collector)
+    seps: str = field(repr=False)
+    codec: str = field(repr=False)
+    accessed: set[tuple[int, int]] = field(repr=False)
     _reps: dict[int, list[list[list[str]]]] = field(default_factory=dict, repr=False)
     _comps: dict[tuple[int, int], list[str]] = field(default_factory=dict, repr=False)
 
     def raw(self, n: int) -> str:
         """Field n as it stands, escapes and all."""
-        self.message.accessed.add((self.sequence, n))
+        self.accessed.add((self.sequence, n))
         return self.fields[n] if n < len(self.fields) else ""
 
     def reps(self, n: int) -> list[list[list[str]]]:
@@ -71,16 +76,16 @@ class Segment:
         cached = self._reps.get(n)
         if cached is None:
             return self._split(n)
-        self.message.accessed.add((self.sequence, n))
+        self.accessed.add((self.sequence, n))
         return cached
 
     def _split(self, n: int) -> list[list[list[str]]]:
-        self.message.accessed.add((self.sequence, n))
+        self.accessed.add((self.sequence, n))
         raw = self.fields[n] if n < len(self.fields) else ""
         if not raw or raw == '""':
             self._reps[n] = []
             return []
-        seps = self.message.seps
+        seps = self.seps
         rep_sep, comp_sep, esc, sub_sep = seps[2], seps[1], seps[3], seps[4]
         if not (comp_sep in raw or rep_sep in raw or sub_sep in raw or esc in raw):
             result = [[[raw]]]  # most fields: one plain value (nothing to split or unescape)
@@ -92,9 +97,12 @@ class Segment:
             return []
         # an empty repetition stays, as [['']], so that repetition k is always the k-th sent
         if esc in raw:
-            unescape = self.message.unescape
+            codec = self.codec
             result = [
-                [[unescape(sub) for sub in comp.split(sub_sep)] for comp in rep.split(comp_sep)]
+                [
+                    [unescape(s, seps, codec) for s in comp.split(sub_sep)]
+                    for comp in rep.split(comp_sep)
+                ]
                 for rep in parts
             ]
         else:
@@ -109,17 +117,17 @@ class Segment:
     def _components(self, n: int, rep: int) -> list[str]:
         cached = self._comps.get((n, rep))
         if cached is not None:
-            self.message.accessed.add((self.sequence, n))
+            self.accessed.add((self.sequence, n))
             return cached
         reps = self._reps.get(n)
         if reps is None:
             reps = self._split(n)
         else:
-            self.message.accessed.add((self.sequence, n))
+            self.accessed.add((self.sequence, n))
         if rep >= len(reps):
             comps: list[str] = []
         else:
-            sub = self.message.seps[4]
+            sub = self.seps[4]
             comps = [c[0] if len(c) == 1 else sub.join(c) for c in reps[rep]]
         self._comps[(n, rep)] = comps
         return comps
@@ -129,7 +137,7 @@ class Segment:
         if comps is None:
             comps = self._components(n, rep)
         else:
-            self.message.accessed.add((self.sequence, n))
+            self.accessed.add((self.sequence, n))
         return comps[component - 1] if component - 1 < len(comps) else ""
 
     def where(self, n: int | None = None, component: int | None = None) -> Location:
@@ -259,7 +267,7 @@ def parse(raw: bytes, *, default_codec: str | None = None) -> Message:
             fields = ["MSH", seps[0], *line[4:].split(seps[0])]
         else:
             fields = line.split(seps[0])
-        message.segments.append(Segment(name, fields, sequence, message))
+        message.segments.append(Segment(name, fields, sequence, seps, codec, message.accessed))
     message.touched_segments.add(1)
     return message
 

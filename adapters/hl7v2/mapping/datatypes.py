@@ -278,7 +278,7 @@ def first(values: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
 
 def every(segment: Segment, n: int, convert) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """Convert each repetition of a field, joining subcomponents of a component with '&'."""
-    sub = segment.message.seps[4]
+    sub = segment.seps[4]
     out = []
     for rep in segment.reps(n):
         if not any(any(c) for c in rep):
@@ -293,5 +293,5 @@ def text(segment: Segment, n: int) -> str:
     """A text field (ST/TX/FT) as written: repetitions on separate lines (an empty repetition
     is an empty line), escapes decoded. A '^' or '&' the sender did not escape is kept as the
     character it is."""
-    seps = segment.message.seps
+    seps = segment.seps
     return "\n".join(seps[1].join(seps[4].join(sub) for sub in rep) for rep in segment.reps(n))

@@ -370,7 +370,7 @@ def _value(
     obx: Segment, value_type: str, body: dict[str, Any], rate: float | None, tr: Translation
 ) -> None:
     reps = obx.reps(5)
-    sub = obx.message.seps[4]
+    sub = obx.seps[4]
     # the first repetition that holds something (an empty one keeps its place, not its meaning)
     first = next((rep for rep in reps if any(c for comp in rep for c in comp)), reps[0])
     comps = [sub.join(c) for c in first]
