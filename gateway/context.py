@@ -92,7 +92,6 @@ class Context:
                 workers,
                 settings.resolved_database_url,
                 hl7.settings,
-                hl7.prepare,
                 sqlite_synchronous=settings.sqlite_synchronous,
             )
         executor = ThreadPoolExecutor(settings.ingest_threads, thread_name_prefix="ingest")

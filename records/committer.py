@@ -61,10 +61,15 @@ class GroupCommitter:
     def submit(self, work: Callable[[Connection], T] | Staged[T]) -> T:
         """Run ``work(conn)`` (or write a staged unit) in the next batch; return its result
         once committed."""
+        return self.enqueue(work).result()
+
+    def enqueue(self, work: Callable[[Connection], T] | Staged[T]) -> Future[T]:
+        """``submit`` without waiting: the future is done once the batch is committed (an
+        event loop awaits it instead of a thread blocking on it)."""
         self._ensure_started()
         future: Future[T] = Future()
         self._queue.put(_Job(work, future))
-        return future.result()
+        return future
 
     def close(self) -> None:
         if self._started:

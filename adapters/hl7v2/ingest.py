@@ -9,14 +9,16 @@ exception, on which the listener closes the connection without an ACK so the sen
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -113,8 +115,9 @@ class Hl7Ingest:
             records.engine, name="hl7-writer", observe=records.written
         )
         self._members: dict[str, str] = {}  # MSH-4 code -> Organization id, once seen registered
-        # prepares messages in other processes (``adapters.hl7v2.workers``); None: in this one
-        self.stager: Callable[[bytes, Origin], Prepared] | None = None
+        # prepares messages in other processes for ``receive_async`` (``adapters.hl7v2.workers``);
+        # None: in this one
+        self.stager: Stager | None = None
 
     def close(self) -> None:
         self.committer.close()
@@ -124,17 +127,36 @@ class Hl7Ingest:
     # -- the whole path --------------------------------------------------------------------
 
     def receive(self, raw: bytes, origin: Origin, *, archive_id: str | None = None) -> Reply:
+        """The whole path in the calling thread (an operator's reprocess, the command line)."""
         for attempt in range(STAGING_ATTEMPTS):
-            if self.stager is not None and archive_id is None:
-                prepared = self.stager(raw, origin)  # parsed, mapped and staged elsewhere
-            else:
-                prepared = self.prepare(raw, origin, archive_id)
-            if prepared.staged is not None:  # the last attempt is decided in the writer
-                prepared.staged.retry = attempt + 1 < STAGING_ATTEMPTS
+            prepared = _attempt(self.prepare(raw, origin, archive_id), attempt)
             try:
                 return self.finish(prepared)
             except StaleSnapshot:  # another message changed what this one read: again
                 continue
+        raise AssertionError("unreachable: the last attempt runs its fallback")
+
+    async def receive_async(self, raw: bytes, origin: Origin, executor: Executor) -> Reply:
+        """The whole path for a listener on an event loop (MLLP, HTTP). The message is prepared
+        in a worker process (``stager``), else in ``executor``; the commit of its staged unit is
+        awaited on the loop, with no thread waiting for it. The paths that write one at a time
+        (refusals, a unit the writer decides alone) run in ``executor``."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(STAGING_ATTEMPTS):
+            prepared = await self.stager.prepare(raw, origin) if self.stager else None
+            if prepared is None:  # no workers, or the one preparing it died
+                prepared = await loop.run_in_executor(executor, self.prepare, raw, origin)
+            _attempt(prepared, attempt)
+            if prepared.refusal is not None or prepared.staged is None:
+                return await loop.run_in_executor(executor, self.finish, prepared)
+            try:
+                done = await asyncio.wrap_future(self.committer.enqueue(self._job(prepared)))
+            except StaleSnapshot:
+                continue
+            except (Hl7Error, FhirError) as exc:
+                refuse = self._refuse_prepared
+                return await loop.run_in_executor(executor, refuse, prepared, _refusal(exc))
+            return self._settled(prepared, done)
         raise AssertionError("unreachable: the last attempt runs its fallback")
 
     def prepare(self, raw: bytes, origin: Origin, archive_id: str | None = None) -> Prepared:
@@ -162,13 +184,12 @@ class Hl7Ingest:
         """Hand a prepared message to the writer; the reply once it is committed."""
         p = prepared
         if p.refusal is not None:
-            return self._refuse(
-                p.raw, p.digest, p.header, p.origin, p.refusal.error(), p.archive_id
-            )
+            return self._refuse_prepared(p, p.refusal.error())
         try:
-            return self._commit(p)
-        except Hl7Error as refusal:
-            return self._refuse(p.raw, p.digest, p.header, p.origin, refusal, p.archive_id)
+            done = self.committer.submit(self._job(p))
+        except (Hl7Error, FhirError) as exc:
+            return self._refuse_prepared(p, _refusal(exc))
+        return self._settled(p, done)
 
     def reprocess(self, archive_id: str, who: Principal) -> Reply | None:
         """Run an archived message through the ingest again (after a sender was registered
@@ -370,7 +391,12 @@ class Hl7Ingest:
         }
         return answer, archived, who
 
-    def _commit(self, p: Prepared) -> Reply:
+    def _refuse_prepared(self, p: Prepared, refusal: Hl7Error) -> Reply:
+        return self._refuse(p.raw, p.digest, p.header, p.origin, refusal, p.archive_id)
+
+    def _job(self, p: Prepared) -> Callable[[Connection], Reply] | Staged[Reply]:
+        """What the writer runs for an accepted message: its staged unit, with the
+        one-at-a-time path as its fallback (or that path alone when nothing was staged)."""
         assert p.answer is not None and p.archived is not None and p.who is not None
         answer, archived, who, header = p.answer, p.archived, p.who, p.header
 
@@ -387,22 +413,21 @@ class Hl7Ingest:
             audit_log.append(conn, who, Event.touching("hl7-ingest", touched))
             return answer
 
-        job: Callable[[Connection], Reply] | Staged[Reply] = work
-        if p.staged is not None:
-            p.staged.fallback = work
-            job = p.staged
-        try:
-            done = self.committer.submit(job)
-        except FhirError as exc:  # what the mapping built is not valid FHIR: refuse, name it
-            raise Hl7Error(
-                f"the translated resources were refused: {exc.diagnostics}", None, "207"
-            ) from None
-        if done.archive_id == answer.archive_id:
+        if p.staged is None:
+            return work
+        p.staged.fallback = work
+        return p.staged
+
+    @staticmethod
+    def _settled(p: Prepared, done: Reply) -> Reply:
+        """The committed message's reply (a repeat's is its first one), logged."""
+        assert p.answer is not None
+        if done.archive_id == p.answer.archive_id:
             log.info(
                 "HL7 message accepted",
                 extra={
                     "archive_id": done.archive_id,
-                    "type": header.event,
+                    "type": p.header.event,
                     "warnings": len(done.warnings),
                 },
             )
@@ -479,6 +504,28 @@ class Hl7Ingest:
             archive=inbound.new_row(answer.archive_id, **p.archived, **_produced(rows.written)),
             audit=[(who, Event.touching("hl7-ingest", touched))],
         )
+
+
+class Stager(Protocol):
+    """Prepares messages elsewhere (``adapters.hl7v2.workers.StagingPool``)."""
+
+    async def prepare(self, raw: bytes, origin: Origin) -> Prepared | None:
+        """The message prepared, or None when it could not be (prepare it here instead)."""
+        ...
+
+
+def _attempt(prepared: Prepared, attempt: int) -> Prepared:
+    """Number ``attempt`` (from 0) of a message: the last is decided in the writer alone."""
+    if prepared.staged is not None:
+        prepared.staged.retry = attempt + 1 < STAGING_ATTEMPTS
+    return prepared
+
+
+def _refusal(exc: Hl7Error | FhirError) -> Hl7Error:
+    """A refusal met while writing; what the mapping built but FHIR does not allow is named."""
+    if isinstance(exc, FhirError):
+        return Hl7Error(f"the translated resources were refused: {exc.diagnostics}", None, "207")
+    return exc
 
 
 @dataclass

@@ -143,9 +143,7 @@ class MllpListener:
         reply: bool = True,
     ) -> None:
         if isinstance(event, mllp.Frame):
-            answer = await loop.run_in_executor(
-                self.executor, self.ingest.receive, event.payload, origin
-            )
+            answer = await self.ingest.receive_async(event.payload, origin, self.executor)
             await self._send(writer, answer)
         elif isinstance(event, mllp.Junk):
             await self._unreadable(writer if reply else None, event.data, origin, event.reason)

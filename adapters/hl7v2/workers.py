@@ -4,18 +4,33 @@ Parsing, translation, validation and index rows are pure Python: in one process 
 interpreter's lock and eight connections go no faster than one. ``Hl7Ingest.prepare`` needs no
 writing transaction (``records.staging``), so it runs here, in processes of its own, each with
 its own database connection for the snapshot read; the one writer (and the ACK after commit)
-stays in the gateway's process. A worker that dies is replaced and the message it held is
-prepared in the gateway's process instead: the sender never notices.
+stays in the gateway's process.
+
+The event loop that runs the listeners drives the workers itself: it writes a message to an
+idle worker's request pipe and reads the prepared message from its result pipe when the loop
+sees it readable. No thread of the gateway's process stands between (a process pool's feeder
+and result threads, and an ingest thread waiting on each message, took the interpreter's lock
+from the writer several times a message). The workers run at a lower priority than the
+gateway's process: when the two cores are busy, the writer, which every message waits for, is
+not kept waiting behind the preparing of messages that will then queue for it.
+
+A worker that dies is replaced, and the message it held is prepared in the gateway's process
+instead: the sender never notices.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
-import threading
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import os
+import pickle
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 
 from adapters.hl7v2.ingest import Hl7Ingest, Origin, Prepared, Settings
 from records import db
@@ -24,63 +39,184 @@ from security.access import AccessPolicy
 
 log = logging.getLogger(__name__)
 
-_INGEST: Hl7Ingest | None = None  # in a worker process
+# How much lower the workers' priority is (nice). Measured side by side with 8 connections
+# (docs/benchmarks.md): the writer otherwise waited for a core about a third of its time.
+WORKER_NICE = 10
+_HEAD = struct.Struct("!i")  # multiprocessing's length prefix of a message on a pipe
+_READ = 1 << 20
 
 
-def _start(database_url: str, sqlite_synchronous: str, settings: Settings) -> None:
-    global _INGEST
+def _serve(
+    requests: Connection,
+    results: Connection,
+    database_url: str,
+    sqlite_synchronous: str,
+    settings: Settings,
+) -> None:
+    """A worker process: prepare each message it is sent, until its request pipe closes."""
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # not allowed here: the same work at the same priority
+        pass
     engine = db.make_engine(database_url, sqlite_synchronous=sqlite_synchronous)
-    _INGEST = Hl7Ingest(RecordService(engine, AccessPolicy()), settings, hold_reader=True)
+    ingest = Hl7Ingest(RecordService(engine, AccessPolicy()), settings, hold_reader=True)
+    while True:
+        try:
+            raw, origin = pickle.loads(requests.recv_bytes())
+        except EOFError:
+            return
+        results.send_bytes(ForkingPickler.dumps(ingest.prepare(raw, origin)))
 
 
-def _prepare(raw: bytes, origin: Origin) -> Prepared:
-    assert _INGEST is not None, "worker started without its initializer"
-    return _INGEST.prepare(raw, origin)
+class WorkerDied(Exception):
+    """The worker preparing a message ended before it answered."""
 
 
-def _ready() -> bool:
-    return _INGEST is not None
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    requests: Connection  # the gateway writes here (blocking; one message at a time)
+    results: Connection  # and reads here, when the event loop says it is readable
+    received: bytearray = field(default_factory=bytearray)
+    waiting: asyncio.Future[Prepared] | None = None  # the message it is preparing
+
+    def take(self, chunk: bytes) -> list[bytes]:
+        """Add bytes read from the result pipe; the whole messages they complete."""
+        self.received += chunk
+        done = []
+        while len(self.received) >= _HEAD.size:
+            (size,) = _HEAD.unpack_from(self.received)
+            end = _HEAD.size + size
+            if len(self.received) < end:
+                break
+            done.append(bytes(self.received[_HEAD.size : end]))
+            del self.received[:end]
+        return done
 
 
 class StagingPool:
-    """``Hl7Ingest.stager``: prepare a message in one of ``workers`` processes."""
+    """``Hl7Ingest.stager``: prepare a message in one of ``workers`` processes, driven by the
+    event loop that awaits ``prepare`` (the loop of the listeners; one loop at a time)."""
 
     def __init__(
         self,
         workers: int,
         database_url: str,
         settings: Settings,
-        local: Callable[[bytes, Origin], Prepared],
         *,
         sqlite_synchronous: str = "FULL",
     ) -> None:
-        self.workers = workers
         self._args = (database_url, sqlite_synchronous, settings)
-        self._local = local
-        self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._context = multiprocessing.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # started now, not on the first message (a worker takes about a second to start)
+        self.workers = [self._start() for _ in range(workers)]
+        self._idle = list(self.workers)
+        self._queue: deque[tuple[bytes, asyncio.Future[Prepared]]] = deque()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=self._args,
+    def _start(self) -> _Worker:
+        requests_in, requests = self._context.Pipe(duplex=False)
+        results, results_out = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_serve,
+            args=(requests_in, results_out, *self._args),
+            name="hl7-worker",
+            daemon=True,
         )
-        for _ in range(self.workers):  # start them now, not on the first message
-            pool.submit(_ready)
-        return pool
+        process.start()
+        requests_in.close()
+        results_out.close()
+        os.set_blocking(results.fileno(), False)  # read as far as it goes, on the loop
+        worker = _Worker(process, requests, results)
+        if self._loop is not None:
+            self._loop.add_reader(results.fileno(), self._readable, worker)
+        return worker
 
-    def __call__(self, raw: bytes, origin: Origin) -> Prepared:
-        pool = self._pool
+    async def prepare(self, raw: bytes, origin: Origin) -> Prepared | None:
+        """The message prepared by a worker; None when its worker died meanwhile."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach(loop)
+        future: asyncio.Future[Prepared] = loop.create_future()
+        self._queue.append((pickle.dumps((raw, origin)), future))
+        self._dispatch()
         try:
-            return pool.submit(_prepare, raw, origin).result().with_raw(raw)
-        except BrokenProcessPool:
-            log.error("an HL7 worker process died; starting new ones")
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = self._new_pool()
-            return self._local(raw, origin)
+            return (await future).with_raw(raw)
+        except WorkerDied:
+            return None
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve ``loop`` from now on. Another loop may only have been here if it is closed
+        (a test's): its messages in hand are lost with it, so their workers are replaced."""
+        if self._loop is not None and not self._loop.is_closed():
+            raise RuntimeError("the HL7 worker pool serves one event loop at a time")
+        self._loop = loop
+        self._queue.clear()
+        for n, worker in enumerate(self.workers):
+            if worker.waiting is not None or worker.received:
+                self._stop(worker)
+                self.workers[n] = worker = self._start()  # registered by _start
+            else:
+                loop.add_reader(worker.results.fileno(), self._readable, worker)
+        self._idle = list(self.workers)
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            worker = self._idle.pop()
+            payload, future = self._queue.popleft()
+            if future.cancelled():  # its connection went away while it queued
+                self._idle.append(worker)
+                continue
+            worker.waiting = future
+            try:
+                worker.requests.send_bytes(payload)
+            except OSError:  # the worker is gone; its result pipe tells the loop so
+                pass
+
+    def _readable(self, worker: _Worker) -> None:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(worker.results.fileno(), _READ)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._died(worker)
+                return
+            chunks.append(chunk)
+        for message in worker.take(b"".join(chunks)):
+            future, worker.waiting = worker.waiting, None
+            if future is not None and not future.cancelled():
+                future.set_result(pickle.loads(message))
+            self._idle.append(worker)
+        self._dispatch()
+
+    def _died(self, worker: _Worker) -> None:
+        log.error("an HL7 worker process died; starting another")
+        if worker.waiting is not None and not worker.waiting.done():
+            worker.waiting.set_exception(WorkerDied())
+        self._stop(worker)
+        replacement = self._start()
+        self.workers[self.workers.index(worker)] = replacement
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self._idle.append(replacement)
+        self._dispatch()
+
+    def _stop(self, worker: _Worker) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(worker.results.fileno())
+        worker.requests.close()  # the worker's request pipe ends: it returns
+        worker.results.close()
+        worker.process.join(5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for worker in self.workers:
+            worker.requests.close()  # every worker ends at once, then each is waited for
+        for worker in self.workers:
+            self._stop(worker)
+        self.workers = []
+        self._idle = []

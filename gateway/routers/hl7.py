@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from adapters.hl7v2.ingest import Origin
@@ -29,7 +28,7 @@ async def receive(request: Request, ctx: ContextDep, who: PrincipalDep) -> Respo
     if not raw.strip():
         raise Invalid("the request has no body; send one HL7 v2 message")
     origin = Origin("http", who.source, who.organization)
-    reply = await run_in_threadpool(ctx.hl7.receive, raw, origin)
+    reply = await ctx.hl7.receive_async(raw, origin, ctx.executor)
     headers = {"X-Yilian-Outcome": reply.outcome, "X-Yilian-Archive-Id": reply.archive_id}
     if reply.ack is None:
         return Response(status_code=204, headers=headers)

@@ -3,8 +3,11 @@ decided again inside the transaction whenever what they read has changed."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+
+import pytest
 
 from adapters.hl7v2.ingest import Origin
 from gateway.demo import resident_id
@@ -22,6 +25,15 @@ def _new_patient(n: int) -> str:
 
 def _patients(ctx, pid_number: str) -> list:  # type: ignore[no-untyped-def]
     return ctx.records.search(SYSTEM, "Patient", [("identifier", pid_number)]).matches
+
+
+@pytest.fixture(params=["thread", "loop"])
+def receive(request, demo):  # type: ignore[no-untyped-def]
+    """Both ways in: a thread waiting for the writer (reprocess, the command line), and an
+    event loop awaiting it (the MLLP and HTTP listeners)."""
+    if request.param == "thread":
+        return lambda raw: demo.hl7.receive(raw, MLLP)
+    return lambda raw: asyncio.run(demo.hl7.receive_async(raw, MLLP, demo.executor))
 
 
 def test_a_stale_snapshot_is_decided_again_inside_the_transaction(demo):
@@ -119,7 +131,7 @@ def test_prepared_message_travels_without_its_raw_bytes_and_gets_them_back(demo)
         assert inbound.get(conn, reply.archive_id).raw == raw
 
 
-def test_a_stale_message_is_prepared_again_from_a_new_snapshot(demo, monkeypatch):
+def test_a_stale_message_is_prepared_again_from_a_new_snapshot(demo, monkeypatch, receive):
     prepares: list[bytes] = []
     real_prepare, real_holding = demo.hl7.prepare, staging.holding
     stale_once = iter([True])
@@ -133,7 +145,7 @@ def test_a_stale_message_is_prepared_again_from_a_new_snapshot(demo, monkeypatch
 
     monkeypatch.setattr(demo.hl7, "prepare", counting)
     monkeypatch.setattr(staging, "holding", holding)
-    reply = demo.hl7.receive(oru("ST-R1", pid=_new_patient(22)), MLLP)
+    reply = receive(oru("ST-R1", pid=_new_patient(22)))
     assert reply.code == "AA"
     assert len(prepares) == 2  # stale once: prepared again, then written as staged
     assert len(_patients(demo, "ZH0022")) == 1
@@ -144,11 +156,16 @@ def test_a_stale_message_is_prepared_again_from_a_new_snapshot(demo, monkeypatch
     assert total == 1  # the stale attempt left nothing behind
 
 
-def test_a_message_stale_at_every_attempt_is_decided_by_the_writer(demo, monkeypatch):
+def test_a_message_stale_at_every_attempt_is_decided_by_the_writer(demo, monkeypatch, receive):
     monkeypatch.setattr(staging, "holding", lambda conn, units: 0)  # never holds
-    reply = demo.hl7.receive(oru("ST-R2", pid=_new_patient(23)), MLLP)
+    reply = receive(oru("ST-R2", pid=_new_patient(23)))
     assert reply.code == "AA"
     assert len(_patients(demo, "ZH0023")) == 1
+    # decided by the writer alone, a repeat is answered as first, other content refused
+    assert receive(oru("ST-R2", pid=_new_patient(23))).ack == reply.ack
+    refused = receive(oru("ST-R2", pid=_new_patient(24)))
+    assert refused.code == "AR" and "already used" in (refused.error or "")
+    assert len(_patients(demo, "ZH0024")) == 0
 
 
 def test_the_resident_number_check_reads_the_holders_of_the_identifier_look_up(demo):

@@ -3,14 +3,15 @@ one writer: same outcome as in-process, and a worker that dies costs no message.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Iterator
 
 import pytest
 
-from adapters.hl7v2.ingest import Origin
-from adapters.hl7v2.workers import StagingPool
+from adapters.hl7v2.ingest import Origin, Reply
+from adapters.hl7v2.workers import WORKER_NICE, StagingPool
 from gateway.context import Context
 from security.principal import SYSTEM
 from tests.adapters.hl7v2.conftest import WANG_ID, oru
@@ -30,13 +31,26 @@ def pooled(demo: Context) -> Iterator[Context]:
 
 
 def _pids(pool: StagingPool) -> list[int]:
-    return list(pool._pool._processes)  # the executor's worker processes
+    return [worker.process.pid for worker in pool.workers]
 
 
-def test_a_message_prepared_in_a_worker_reaches_the_record(pooled, demo):
-    reply = pooled.hl7.receive(oru("W-1"), MLLP)
+def _receive(ctx: Context, raw: bytes) -> Reply:
+    """As the MLLP listener receives a message: on an event loop (a new one each time)."""
+    return asyncio.run(ctx.hl7.receive_async(raw, MLLP, ctx.executor))
+
+
+def test_a_message_prepared_in_a_worker_reaches_the_record(pooled, demo, monkeypatch):
+    prepared_here = []
+    monkeypatch.setattr(pooled.hl7, "prepare", lambda *a: prepared_here.append(a))
+    reply = _receive(pooled, oru("W-1"))
     assert reply.code == "AA", reply.error
+    assert prepared_here == []  # not in this process
     assert _pids(pooled.hl7.stager) and os.getpid() not in _pids(pooled.hl7.stager)
+    # the workers give way to the gateway's process
+    for pid in _pids(pooled.hl7.stager):
+        assert (
+            os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE
+        )
     wang = demo.records.search(SYSTEM, "Patient", [("identifier", WANG_ID)]).matches[0]
     reports = demo.records.search(SYSTEM, "DiagnosticReport", [("patient", wang.res_id)])
     assert reports.total == 1
@@ -46,19 +60,19 @@ def test_a_message_prepared_in_a_worker_reaches_the_record(pooled, demo):
     with db.reader(demo.engine).connect() as conn:
         assert inbound.get(conn, reply.archive_id).raw == oru("W-1")
     # refusals made in a worker keep segment, field and code
-    refused = pooled.hl7.receive(oru("W-2", version="9.9"), MLLP)
+    refused = _receive(pooled, oru("W-2", version="9.9"))
     assert refused.code == "AR" and b"MSH^1^12" in refused.ack
 
 
 def test_a_worker_that_dies_costs_no_message(pooled, demo):
-    assert pooled.hl7.receive(oru("W-3"), MLLP).code == "AA"
-    old = pooled.hl7.stager._pool
-    for pid in _pids(pooled.hl7.stager):
+    assert _receive(pooled, oru("W-3")).code == "AA"
+    old = _pids(pooled.hl7.stager)
+    for pid in old:
         os.kill(pid, signal.SIGKILL)
-    # the message in hand is prepared in the gateway's process, new workers take the next
-    assert pooled.hl7.receive(oru("W-4"), MLLP).code == "AA"
-    assert pooled.hl7.stager._pool is not old  # replaced
-    assert pooled.hl7.receive(oru("W-5"), MLLP).code == "AA"
+    # the message in hand is prepared in the gateway's process, a new worker takes the next
+    assert _receive(pooled, oru("W-4")).code == "AA"
+    assert not set(old) & set(_pids(pooled.hl7.stager))  # replaced
+    assert _receive(pooled, oru("W-5")).code == "AA"
     assert demo.records.search(SYSTEM, "DiagnosticReport", []).total == 1  # same order: updated
     from records import db, inbound
 
