@@ -49,6 +49,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     )
 
 
+WAL_CHECKPOINT_PAGES = 8000
+
+
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -61,6 +64,11 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         # a SAVEPOINT's journal (the group commit runs every unit in one) in memory, not in a
         # temporary file: it held as many bytes as the log itself, a write call per page
         cursor.execute("PRAGMA temp_store=MEMORY")
+        # checkpoint the log every 8,000 pages (32 MB), not SQLite's 1,000: the ingest writes
+        # the same index pages again and again, and a checkpoint copies each page once however
+        # often the log holds it (the writer's CPU a message measured 10% lower; 4,000 and
+        # 16,000 were no better)
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
