@@ -15,7 +15,9 @@ gateway's process: when the two cores are busy, the writer, which every message 
 not kept waiting behind the preparing of messages that will then queue for it.
 
 A worker that dies is replaced, and the message it held is prepared in the gateway's process
-instead: the sender never notices.
+instead: the sender never notices. One that dies within seconds of starting (the database
+unreachable, say) is replaced only after a pause, and while no worker is alive messages are
+prepared in the gateway's process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import pickle
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 WORKER_NICE = 10
 _HEAD = struct.Struct("!i")  # multiprocessing's length prefix of a message on a pipe
 _READ = 1 << 20
+# a worker that lived less than this is replaced only this long after it died
+RESTART_PAUSE = 5.0
 
 
 def _serve(
@@ -79,6 +84,7 @@ class _Worker:
     results: Connection  # and reads here, when the event loop says it is readable
     received: bytearray = field(default_factory=bytearray)
     waiting: asyncio.Future[Prepared] | None = None  # the message it is preparing
+    started: float = field(default_factory=time.monotonic)
 
     def take(self, chunk: bytes) -> list[bytes]:
         """Add bytes read from the result pipe; the whole messages they complete."""
@@ -109,6 +115,8 @@ class StagingPool:
         self._args = (database_url, sqlite_synchronous, settings)
         self._context = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.size = workers
         # started now, not on the first message (a worker takes about a second to start)
         self.workers = [self._start() for _ in range(workers)]
         self._idle = list(self.workers)
@@ -137,6 +145,8 @@ class StagingPool:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._attach(loop)
+        if not self.workers:  # all died young; replacements are on their way
+            return None
         future: asyncio.Future[Prepared] = loop.create_future()
         self._queue.append((pickle.dumps((raw, origin)), future))
         self._dispatch()
@@ -158,6 +168,8 @@ class StagingPool:
                 self.workers[n] = worker = self._start()  # registered by _start
             else:
                 loop.add_reader(worker.results.fileno(), self._readable, worker)
+        while len(self.workers) < self.size:  # replacements the old loop was to start
+            self.workers.append(self._start())
         self._idle = list(self.workers)
 
     def _dispatch(self) -> None:
@@ -192,15 +204,32 @@ class StagingPool:
         self._dispatch()
 
     def _died(self, worker: _Worker) -> None:
-        log.error("an HL7 worker process died; starting another")
+        young = time.monotonic() - worker.started < RESTART_PAUSE
         if worker.waiting is not None and not worker.waiting.done():
             worker.waiting.set_exception(WorkerDied())
         self._stop(worker)
-        replacement = self._start()
-        self.workers[self.workers.index(worker)] = replacement
+        log.error(
+            "an HL7 worker process died (exit code %s); starting another%s",
+            worker.process.exitcode,
+            f" in {RESTART_PAUSE:g} s" if young else "",
+        )
+        self.workers.remove(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        self._idle.append(replacement)
+        if not self.workers:  # nobody left to take the queued messages: prepared here
+            while self._queue:
+                _payload, future = self._queue.popleft()
+                if not future.done():
+                    future.set_exception(WorkerDied())
+        assert self._loop is not None
+        self._loop.call_later(RESTART_PAUSE if young else 0, self._replace)
+
+    def _replace(self) -> None:
+        if self._closed:
+            return
+        worker = self._start()
+        self.workers.append(worker)
+        self._idle.append(worker)
         self._dispatch()
 
     def _stop(self, worker: _Worker) -> None:
@@ -214,6 +243,7 @@ class StagingPool:
             worker.process.join(5)
 
     def close(self) -> None:
+        self._closed = True
         for worker in self.workers:
             worker.requests.close()  # every worker ends at once, then each is waited for
         for worker in self.workers:

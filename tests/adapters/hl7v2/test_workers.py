@@ -79,3 +79,26 @@ def test_a_worker_that_dies_costs_no_message(pooled, demo):
     with db.reader(demo.engine).connect() as conn:
         total, _ = inbound.listing(conn, outcome="accepted")
     assert total == 3
+
+
+def test_workers_that_cannot_start_are_not_restarted_in_a_loop(demo, monkeypatch, caplog):
+    # a worker whose database cannot be opened dies as soon as it starts
+    pool = StagingPool(1, "nosuchdb://nowhere", demo.hl7.settings)
+    started = []
+    real_start = pool._start
+    monkeypatch.setattr(pool, "_start", lambda: started.append(1) or real_start())
+    demo.hl7.stager = pool
+
+    async def three() -> list[Reply]:
+        return [
+            await demo.hl7.receive_async(oru(f"DEAD-{n}"), MLLP, demo.executor) for n in range(3)
+        ]
+
+    try:
+        replies = asyncio.run(three())
+    finally:
+        demo.hl7.stager = None
+        pool.close()
+    assert [r.code for r in replies] == ["AA", "AA", "AA"]  # prepared in this process
+    assert started == []  # the replacement waits RESTART_PAUSE; no spawn a message
+    assert any("HL7 worker process died (exit code 1)" in r.message for r in caplog.records)
