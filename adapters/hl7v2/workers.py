@@ -70,7 +70,17 @@ def _serve(
             raw, origin = pickle.loads(requests.recv_bytes())
         except EOFError:
             return
-        results.send_bytes(ForkingPickler.dumps(ingest.prepare(raw, origin)))
+        results.send_bytes(_prepared(ingest, raw, origin))
+
+
+def _prepared(ingest: Hl7Ingest, raw: bytes, origin: Origin) -> bytes:
+    """The prepared message as the gateway reads it back; None if preparing it failed
+    unexpectedly (a refusal is a prepared message): the gateway then prepares it itself and
+    answers the sender as the failure deserves, and this worker goes on with the next."""
+    try:
+        return bytes(ForkingPickler.dumps(ingest.prepare(raw, origin)))
+    except Exception:  # noqa: BLE001 - raised again, and logged, in the gateway's process
+        return pickle.dumps(None)
 
 
 class WorkerDied(Exception):
@@ -83,7 +93,7 @@ class _Worker:
     requests: Connection  # the gateway writes here (blocking; one message at a time)
     results: Connection  # and reads here, when the event loop says it is readable
     received: bytearray = field(default_factory=bytearray)
-    waiting: asyncio.Future[Prepared] | None = None  # the message it is preparing
+    waiting: asyncio.Future[Prepared | None] | None = None  # the message it is preparing
     started: float = field(default_factory=time.monotonic)
 
     def take(self, chunk: bytes) -> list[bytes]:
@@ -120,7 +130,7 @@ class StagingPool:
         # started now, not on the first message (a worker takes about a second to start)
         self.workers = [self._start() for _ in range(workers)]
         self._idle = list(self.workers)
-        self._queue: deque[tuple[bytes, asyncio.Future[Prepared]]] = deque()
+        self._queue: deque[tuple[bytes, asyncio.Future[Prepared | None]]] = deque()
 
     def _start(self) -> _Worker:
         requests_in, requests = self._context.Pipe(duplex=False)
@@ -147,13 +157,14 @@ class StagingPool:
             self._attach(loop)
         if not self.workers:  # all died young; replacements are on their way
             return None
-        future: asyncio.Future[Prepared] = loop.create_future()
+        future: asyncio.Future[Prepared | None] = loop.create_future()
         self._queue.append((pickle.dumps((raw, origin)), future))
         self._dispatch()
         try:
-            return (await future).with_raw(raw)
+            prepared = await future
         except WorkerDied:
             return None
+        return None if prepared is None else prepared.with_raw(raw)
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve ``loop`` from now on. Another loop may only have been here if it is closed

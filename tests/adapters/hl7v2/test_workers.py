@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.hl7v2.ingest import Origin, Reply
+from adapters.hl7v2.ingest import Settings as Hl7Settings
 from adapters.hl7v2.workers import WORKER_NICE, StagingPool
 from gateway.context import Context
 from security.principal import SYSTEM
@@ -102,3 +103,26 @@ def test_workers_that_cannot_start_are_not_restarted_in_a_loop(demo, monkeypatch
     assert [r.code for r in replies] == ["AA", "AA", "AA"]  # prepared in this process
     assert started == []  # the replacement waits RESTART_PAUSE; no spawn a message
     assert any("HL7 worker process died (exit code 1)" in r.message for r in caplog.records)
+
+
+def test_a_message_a_worker_fails_on_is_prepared_here_and_the_worker_goes_on(demo):
+    # this worker decodes messages without MSH-18 with a codec that does not exist: preparing
+    # them fails in a way no refusal covers
+    settings = Hl7Settings(sender_charsets={"XINGFU_THC": "no-such-codec"})
+    pool = StagingPool(1, demo.settings.resolved_database_url, settings)
+    demo.hl7.stager = pool
+
+    async def two() -> list[Reply]:
+        return [
+            await demo.hl7.receive_async(oru(f"ODD-{n}", charset=""), MLLP, demo.executor)
+            for n in range(2)
+        ]
+
+    try:
+        pid = _pids(pool)
+        replies = asyncio.run(two())
+        assert _pids(pool) == pid and pool.workers[0].process.is_alive()
+    finally:
+        demo.hl7.stager = None
+        pool.close()
+    assert [r.code for r in replies] == ["AA", "AA"]  # this process's settings decode them
