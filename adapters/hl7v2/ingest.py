@@ -38,7 +38,7 @@ from adapters.hl7v2.escape import unescape
 from adapters.hl7v2.mapping import adt, mdm, orders, oru, siu
 from adapters.hl7v2.mapping.datatypes import dtm, urn_part
 from adapters.hl7v2.mapping.translation import Context, Translation
-from adapters.hl7v2.message import Message, parse
+from adapters.hl7v2.message import Message, parse, split_frame
 from records import audit_log, db, ids, inbound
 from records.audit_log import Event
 from records.committer import GroupCommitter
@@ -162,7 +162,7 @@ class Hl7Ingest:
     def prepare(self, raw: bytes, origin: Origin, archive_id: str | None = None) -> Prepared:
         """Everything before the writer: parse, check the sender, translate, and stage the rows
         from a snapshot read. Needs no writing transaction, so any process can do it."""
-        digest = hashlib.sha256(raw).hexdigest()
+        digest = content_digest(raw)
         header = _header_guess(raw)
         try:
             message = self._parse(raw, header)
@@ -504,6 +504,13 @@ class Hl7Ingest:
             archive=inbound.new_row(answer.archive_id, **p.archived, **_produced(rows.written)),
             audit=[(who, Event.touching("hl7-ingest", touched))],
         )
+
+
+def content_digest(raw: bytes) -> str:
+    """What makes two messages the same content: their segments, however they were ended (a
+    sender's LF or CR LF instead of CR, a missing last CR). A message ended the standard way
+    hashes as its bytes do."""
+    return hashlib.sha256(b"".join(segment + b"\r" for segment in split_frame(raw))).hexdigest()
 
 
 class Stager(Protocol):

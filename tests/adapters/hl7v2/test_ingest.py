@@ -84,6 +84,22 @@ def test_repeat_gets_the_first_ack_and_stores_nothing_twice(demo):
     assert _archived(demo, refused.archive_id).outcome == "rejected"
 
 
+def test_a_repeat_with_other_segment_endings_is_the_same_message(demo):
+    """A sender that retries over HTTP what it sent over MLLP (LF where MLLP had CR, say)."""
+    import hashlib
+
+    first = demo.hl7.receive(oru("LAB-2E"), MLLP)
+    assert oru("LAB-2E").endswith(b"\r")  # a message ended the standard way keeps its hash
+    assert (
+        _archived(demo, first.archive_id).content_hash == hashlib.sha256(oru("LAB-2E")).hexdigest()
+    )
+    for variant in (b"\n", b"\r\n"):
+        again = demo.hl7.receive(oru("LAB-2E").replace(b"\r", variant), MLLP)
+        assert again.ack == first.ack and again.archive_id == first.archive_id
+    assert demo.hl7.receive(oru("LAB-2E").rstrip(b"\r"), MLLP).archive_id == first.archive_id
+    assert demo.records.search(SYSTEM, "DiagnosticReport", [("code", "24331-1")]).total == 1
+
+
 def test_corrected_result_updates_the_same_resources(demo):
     demo.hl7.receive(oru("LAB-3"), MLLP)
     corrected = oru("LAB-4", obx=["OBX|1|NM|2093-3^总胆固醇^LN||5.1|mmol/L|<5.2|N|||C"])
