@@ -119,15 +119,12 @@ class GroupCommitter:
         except BaseException as exc:  # noqa: BLE001 - the commit failed: every unit failed
             log.error("group commit of %d units failed: %s", len(batch), type(exc).__name__)
             for job in batch:
-                job.future.set_exception(exc)
+                _settle(job.future, False, exc)
             return
         self.batches += 1
         self.units += len(batch)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+            _settle(job.future, ok, value)
 
     def _write_group(self, conn: Connection, group: list[Staged[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
@@ -143,6 +140,18 @@ class GroupCommitter:
                     outcomes.append(_one(conn, _fallback(stale)))
             group = group[holds + 1 :]
         return outcomes
+
+
+def _settle(future: Future[Any], ok: bool, value: Any) -> None:
+    """Tell a unit's caller. One who gave up waiting (an event loop cancels the future it
+    awaits when its connection goes) is not told: the unit is committed all the same, its
+    sender's retry is answered as a repeat, and the writer goes on with the next batch."""
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _one(conn: Connection, work: Callable[[Connection], Any]) -> tuple[bool, Any]:

@@ -150,7 +150,9 @@ class Hl7Ingest:
             if prepared.refusal is not None or prepared.staged is None:
                 return await loop.run_in_executor(executor, self.finish, prepared)
             try:
-                done = await asyncio.wrap_future(self.committer.enqueue(self._job(prepared)))
+                # shielded: a connection that goes away leaves the unit to be committed
+                committed = asyncio.wrap_future(self.committer.enqueue(self._job(prepared)))
+                done = await asyncio.shield(committed)
             except StaleSnapshot:
                 continue
             except (Hl7Error, FhirError) as exc:

@@ -1,10 +1,11 @@
 """The asyncio MLLP listener (optionally TLS with client certificates).
 
-It only decodes frames, calls the core ingest (in a worker thread: parsing, mapping and the
-database are blocking work) and writes back the ACK it returns. Messages on one connection are
-handled one after the other, so a sender's messages keep their order; a message that is refused
-gets its AE/AR and the next one goes on. If the ingest raises (the database is unreachable, say),
-the connection is closed without an ACK: the sender keeps the message and sends it again.
+It only decodes frames, awaits the core ingest (``Hl7Ingest.receive_async``: preparing in worker
+processes or threads, the commit in the writer thread) and writes back the ACK it returns.
+Messages on one connection are handled one after the other, so a sender's messages keep their
+order; a message that is refused gets its AE/AR and the next one goes on. If the ingest raises
+(the database is unreachable, say), the connection is closed without an ACK: the sender keeps
+the message and sends it again.
 """
 
 from __future__ import annotations

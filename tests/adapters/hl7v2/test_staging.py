@@ -310,3 +310,32 @@ def test_planning_resolves_references_and_leaves_the_translation_as_it_was(demo)
     assert tree["a"][0] == {"reference": "urn:uuid:k"}  # copied where it changed
     assert resolved["e"] is tree["e"] and resolved["a"][1] is tree["a"][1]  # shared elsewhere
     assert _resolve(tree, {}) is tree
+
+
+def test_a_message_whose_sender_leaves_while_it_commits_is_committed_and_the_writer_goes_on(demo):
+    """The listener's task is cancelled (the connection went, the gateway stops) while the
+    message waits for the writer: it is committed all the same, and the writer lives on."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(conn):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(10)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        held = loop.run_in_executor(None, demo.hl7.committer.submit, hold_the_writer)
+        await asyncio.to_thread(started.wait, 10)
+        raw = oru("GONE-1", pid=_new_patient(25))
+        task = asyncio.create_task(demo.hl7.receive_async(raw, MLLP, demo.executor))
+        await asyncio.sleep(0.5)  # prepared, queued behind the held batch
+        task.cancel()
+        release.set()
+        await held
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = oru("GONE-2", pid=_new_patient(26))  # a writer that died would never answer
+        return await asyncio.wait_for(demo.hl7.receive_async(after, MLLP, demo.executor), 10)
+
+    assert asyncio.run(scenario()).code == "AA"
+    assert len(_patients(demo, "ZH0025")) == 1  # the message of the sender that left
+    assert len(_patients(demo, "ZH0026")) == 1
