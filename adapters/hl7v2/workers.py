@@ -83,6 +83,16 @@ def _prepared(ingest: Hl7Ingest, raw: bytes, origin: Origin) -> bytes:
         return pickle.dumps(None)
 
 
+def _loads(message: bytes) -> Prepared | None:
+    """A worker's answer; None (prepare it here) if it cannot be read."""
+    try:
+        prepared: Prepared | None = pickle.loads(message)
+    except Exception:  # noqa: BLE001 - the message is prepared again in the gateway's process
+        log.exception("an HL7 worker's answer could not be read")
+        return None
+    return prepared
+
+
 class WorkerDied(Exception):
     """The worker preparing a message ended before it answered."""
 
@@ -90,8 +100,9 @@ class WorkerDied(Exception):
 @dataclass(eq=False)
 class _Worker:
     process: BaseProcess
-    requests: Connection  # the gateway writes here (blocking; one message at a time)
+    requests: Connection  # the gateway writes here, as far as the pipe takes (one message)
     results: Connection  # and reads here, when the event loop says it is readable
+    sending: bytearray = field(default_factory=bytearray)  # what the pipe has not taken yet
     received: bytearray = field(default_factory=bytearray)
     waiting: asyncio.Future[Prepared | None] | None = None  # the message it is preparing
     started: float = field(default_factory=time.monotonic)
@@ -144,7 +155,10 @@ class StagingPool:
         process.start()
         requests_in.close()
         results_out.close()
-        os.set_blocking(results.fileno(), False)  # read as far as it goes, on the loop
+        # neither end ever blocks the loop: a message larger than the pipe, or a worker still
+        # starting, is written on as the pipe takes it
+        os.set_blocking(requests.fileno(), False)
+        os.set_blocking(results.fileno(), False)
         worker = _Worker(process, requests, results)
         if self._loop is not None:
             self._loop.add_reader(results.fileno(), self._readable, worker)
@@ -191,27 +205,43 @@ class StagingPool:
                 self._idle.append(worker)
                 continue
             worker.waiting = future
-            try:
-                worker.requests.send_bytes(payload)
-            except OSError:  # the worker is gone; its result pipe tells the loop so
-                pass
+            worker.sending += _HEAD.pack(len(payload)) + payload  # as ``send_bytes`` frames it
+            self._send(worker)
+
+    def _send(self, worker: _Worker) -> None:
+        """Write what the request pipe takes now; the loop calls again when it takes more."""
+        assert self._loop is not None
+        fd = worker.requests.fileno()
+        try:
+            while worker.sending:
+                del worker.sending[: os.write(fd, worker.sending)]
+        except BlockingIOError:
+            pass
+        except OSError:  # the worker is gone; its result pipe tells the loop so
+            worker.sending.clear()
+        if worker.sending:
+            self._loop.add_writer(fd, self._send, worker)
+        else:
+            self._loop.remove_writer(fd)
 
     def _readable(self, worker: _Worker) -> None:
-        chunks = []
+        chunks, ended = [], False
         while True:
             try:
                 chunk = os.read(worker.results.fileno(), _READ)
             except BlockingIOError:
                 break
             if not chunk:
-                self._died(worker)
-                return
+                ended = True
+                break
             chunks.append(chunk)
-        for message in worker.take(b"".join(chunks)):
+        for message in worker.take(b"".join(chunks)):  # a last answer before the end counts
             future, worker.waiting = worker.waiting, None
             if future is not None and not future.cancelled():
-                future.set_result(pickle.loads(message))
+                future.set_result(_loads(message))
             self._idle.append(worker)
+        if ended:
+            self._died(worker)
         self._dispatch()
 
     def _died(self, worker: _Worker) -> None:
@@ -238,14 +268,23 @@ class StagingPool:
     def _replace(self) -> None:
         if self._closed:
             return
-        worker = self._start()
+        try:
+            worker = self._start()
+        except OSError as exc:  # no process or pipe to be had now (limits): later
+            log.error("an HL7 worker process could not be started: %s", exc)
+            assert self._loop is not None
+            self._loop.call_later(RESTART_PAUSE, self._replace)
+            return
         self.workers.append(worker)
         self._idle.append(worker)
         self._dispatch()
 
     def _stop(self, worker: _Worker) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(worker.results.fileno())
+            if not worker.results.closed:
+                self._loop.remove_reader(worker.results.fileno())
+            if not worker.requests.closed:
+                self._loop.remove_writer(worker.requests.fileno())
         worker.requests.close()  # the worker's request pipe ends: it returns
         worker.results.close()
         worker.process.join(5)
@@ -255,6 +294,13 @@ class StagingPool:
 
     def close(self) -> None:
         self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            # messages in hand or queued are prepared by their callers instead
+            waiting = [w.waiting for w in self.workers] + [f for _, f in self._queue]
+            for future in waiting:
+                if future is not None and not future.done():
+                    future.set_exception(WorkerDied())
+            self._queue.clear()
         for worker in self.workers:
             worker.requests.close()  # every worker ends at once, then each is waited for
         for worker in self.workers:

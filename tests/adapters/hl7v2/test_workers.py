@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -126,3 +127,36 @@ def test_a_message_a_worker_fails_on_is_prepared_here_and_the_worker_goes_on(dem
         demo.hl7.stager = None
         pool.close()
     assert [r.code for r in replies] == ["AA", "AA"]  # this process's settings decode them
+
+
+def test_a_large_message_to_a_starting_worker_does_not_hold_up_the_event_loop(demo):
+    # 3 MB, far more than a pipe holds, to a worker that is still starting (not reading yet)
+    pool = StagingPool(1, demo.settings.resolved_database_url, demo.hl7.settings)
+    demo.hl7.stager = pool
+    notes = "".join(f"NTE|{n}||{'心电图报告 ' * 40}\r" for n in range(1, 2000)).encode()
+    raw = oru("BIG-1").rstrip(b"\r") + b"\r" + notes
+
+    async def scenario() -> tuple[Reply, float]:
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.05)  # ticking
+        reply = await demo.hl7.receive_async(raw, MLLP, demo.executor)
+        ticker.cancel()
+        return reply, max(gaps)
+
+    try:
+        reply, longest = asyncio.run(scenario())
+    finally:
+        demo.hl7.stager = None
+        pool.close()
+    assert reply.code == "AA", reply.error
+    assert longest < 0.25  # the loop kept turning while the worker started and read
