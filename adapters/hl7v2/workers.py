@@ -30,6 +30,7 @@ import pickle
 import struct
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -258,12 +259,17 @@ class StagingPool:
         if worker in self._idle:
             self._idle.remove(worker)
         if not self.workers:  # nobody left to take the queued messages: prepared here
-            while self._queue:
-                _payload, future = self._queue.popleft()
-                if not future.done():
-                    future.set_exception(WorkerDied())
+            self._give_back(future for _, future in self._queue)
+            self._queue.clear()
         assert self._loop is not None
         self._loop.call_later(RESTART_PAUSE if young else 0, self._replace)
+
+    @staticmethod
+    def _give_back(futures: Iterable[asyncio.Future[Prepared | None] | None]) -> None:
+        """Messages no worker will prepare: their callers prepare them instead."""
+        for future in futures:
+            if future is not None and not future.done():
+                future.set_exception(WorkerDied())
 
     def _replace(self) -> None:
         if self._closed:
@@ -295,11 +301,8 @@ class StagingPool:
     def close(self) -> None:
         self._closed = True
         if self._loop is not None and not self._loop.is_closed():
-            # messages in hand or queued are prepared by their callers instead
-            waiting = [w.waiting for w in self.workers] + [f for _, f in self._queue]
-            for future in waiting:
-                if future is not None and not future.done():
-                    future.set_exception(WorkerDied())
+            self._give_back(w.waiting for w in self.workers)
+            self._give_back(future for _, future in self._queue)
             self._queue.clear()
         for worker in self.workers:
             worker.requests.close()  # every worker ends at once, then each is waited for

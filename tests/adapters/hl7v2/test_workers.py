@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -30,6 +30,22 @@ def pooled(demo: Context) -> Iterator[Context]:
     assert isinstance(ctx.hl7.stager, StagingPool)
     yield ctx
     ctx.close()
+
+
+@pytest.fixture
+def own_pool(demo: Context) -> Iterator[Callable[[str, Hl7Settings], StagingPool]]:
+    """The demo's ingest preparing in a one-worker pool the test makes; closed afterwards."""
+    pools: list[StagingPool] = []
+
+    def make(database_url: str, settings: Hl7Settings) -> StagingPool:
+        pools.append(StagingPool(1, database_url, settings))
+        demo.hl7.stager = pools[-1]
+        return pools[-1]
+
+    yield make
+    demo.hl7.stager = None
+    for pool in pools:
+        pool.close()
 
 
 def _pids(pool: StagingPool) -> list[int]:
@@ -83,35 +99,29 @@ def test_a_worker_that_dies_costs_no_message(pooled, demo):
     assert total == 3
 
 
-def test_workers_that_cannot_start_are_not_restarted_in_a_loop(demo, monkeypatch, caplog):
+def test_workers_that_cannot_start_are_not_restarted_in_a_loop(demo, own_pool, monkeypatch, caplog):
     # a worker whose database cannot be opened dies as soon as it starts
-    pool = StagingPool(1, "nosuchdb://nowhere", demo.hl7.settings)
+    pool = own_pool("nosuchdb://nowhere", demo.hl7.settings)
     started = []
     real_start = pool._start
     monkeypatch.setattr(pool, "_start", lambda: started.append(1) or real_start())
-    demo.hl7.stager = pool
 
     async def three() -> list[Reply]:
         return [
             await demo.hl7.receive_async(oru(f"DEAD-{n}"), MLLP, demo.executor) for n in range(3)
         ]
 
-    try:
-        replies = asyncio.run(three())
-    finally:
-        demo.hl7.stager = None
-        pool.close()
+    replies = asyncio.run(three())
     assert [r.code for r in replies] == ["AA", "AA", "AA"]  # prepared in this process
     assert started == []  # the replacement waits RESTART_PAUSE; no spawn a message
     assert any("HL7 worker process died (exit code 1)" in r.message for r in caplog.records)
 
 
-def test_a_message_a_worker_fails_on_is_prepared_here_and_the_worker_goes_on(demo):
+def test_a_message_a_worker_fails_on_is_prepared_here_and_the_worker_goes_on(demo, own_pool):
     # this worker decodes messages without MSH-18 with a codec that does not exist: preparing
     # them fails in a way no refusal covers
     settings = Hl7Settings(sender_charsets={"XINGFU_THC": "no-such-codec"})
-    pool = StagingPool(1, demo.settings.resolved_database_url, settings)
-    demo.hl7.stager = pool
+    pool = own_pool(demo.settings.resolved_database_url, settings)
 
     async def two() -> list[Reply]:
         return [
@@ -119,20 +129,15 @@ def test_a_message_a_worker_fails_on_is_prepared_here_and_the_worker_goes_on(dem
             for n in range(2)
         ]
 
-    try:
-        pid = _pids(pool)
-        replies = asyncio.run(two())
-        assert _pids(pool) == pid and pool.workers[0].process.is_alive()
-    finally:
-        demo.hl7.stager = None
-        pool.close()
+    pid = _pids(pool)
+    replies = asyncio.run(two())
+    assert _pids(pool) == pid and pool.workers[0].process.is_alive()
     assert [r.code for r in replies] == ["AA", "AA"]  # this process's settings decode them
 
 
-def test_a_large_message_to_a_starting_worker_does_not_hold_up_the_event_loop(demo):
+def test_a_large_message_to_a_starting_worker_does_not_hold_up_the_event_loop(demo, own_pool):
     # 3 MB, far more than a pipe holds, to a worker that is still starting (not reading yet)
-    pool = StagingPool(1, demo.settings.resolved_database_url, demo.hl7.settings)
-    demo.hl7.stager = pool
+    own_pool(demo.settings.resolved_database_url, demo.hl7.settings)
     notes = "".join(f"NTE|{n}||{'心电图报告 ' * 40}\r" for n in range(1, 2000)).encode()
     raw = oru("BIG-1").rstrip(b"\r") + b"\r" + notes
 
@@ -153,10 +158,6 @@ def test_a_large_message_to_a_starting_worker_does_not_hold_up_the_event_loop(de
         ticker.cancel()
         return reply, max(gaps)
 
-    try:
-        reply, longest = asyncio.run(scenario())
-    finally:
-        demo.hl7.stager = None
-        pool.close()
+    reply, longest = asyncio.run(scenario())
     assert reply.code == "AA", reply.error
     assert longest < 0.25  # the loop kept turning while the worker started and read
