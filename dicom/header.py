@@ -1,0 +1,231 @@
+"""The few header elements filing needs, read from a DICOM file's bytes without pydicom's
+per-element reader.
+
+Filing a C-STORE needs some twenty elements of the header (the UIDs, the patient's, study's and
+series' attributes the index and the Patient hold). pydicom's reader makes an object of every
+element (a CT from a township scanner carries about 250, most of them private) and asked
+filing's largest share of CPU. ``read`` walks the elements in place, skipping what it does not
+need, and gives the wanted ones to pydicom as raw elements, so every later use (value
+conversion, character sets, ``charsets.fix_dataset``) is pydicom's own, exactly as if pydicom had
+read the file.
+
+It reads only what is plainly well formed: a Part 10 file (preamble, ``DICM``, explicit VR
+little endian File Meta Information) whose dataset is little endian, implicit or explicit VR,
+not deflated. Anything else, and anything surprising on the way (an element running past the
+end, an unknown VR, a wanted element of undefined length), returns None and the caller reads
+the file with pydicom as before, whose leniency with damaged files then decides.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.tag import Tag
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")  # deflated explicit VR LE
+
+# what filing reads of the header (``dicom.ingest``, ``dicom.index.row``): keep it in step
+WANTED = frozenset(
+    {
+        0x00080005,  # Specific Character Set
+        0x00080016,  # SOP Class UID
+        0x00080018,  # SOP Instance UID
+        0x00080020,  # Study Date
+        0x00080030,  # Study Time
+        0x00080050,  # Accession Number
+        0x00080060,  # Modality
+        0x00080090,  # Referring Physician's Name
+        0x00081030,  # Study Description
+        0x0008103E,  # Series Description
+        0x00100010,  # Patient's Name
+        0x00100020,  # Patient ID
+        0x00100021,  # Issuer of Patient ID
+        0x00100030,  # Patient's Birth Date
+        0x00100040,  # Patient's Sex
+        0x00101002,  # Other Patient IDs Sequence
+        0x00180015,  # Body Part Examined
+        0x0020000D,  # Study Instance UID
+        0x0020000E,  # Series Instance UID
+        0x00200010,  # Study ID
+        0x00200011,  # Series Number
+        0x00200013,  # Instance Number
+        0x00280008,  # Number of Frames
+    }
+)
+PIXELS = 0x7FE00008  # Float Pixel Data, then Double Float and Pixel Data: the header ends there
+# explicit VRs whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2)
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                      b"UR", b"UT", b"UV"})  # fmt: skip
+SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS",
+                       b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
+                       b"US"})  # fmt: skip
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+MAX_DEPTH = 16  # sequences within sequences: deeper is read by pydicom
+
+_TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, a short VR's length
+_IMPLICIT = struct.Struct("<HHI")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+class _Unusual(Exception):
+    """Not plainly well formed: pydicom reads it."""
+
+
+def read(data: bytes) -> Dataset | None:
+    """The wanted elements of the Part 10 file ``data`` as pydicom would read them with
+    ``stop_before_pixels`` (its File Meta Information whole), or None when pydicom must read
+    it."""
+    try:
+        return _read(bytes(data))
+    except (_Unusual, struct.error, UnicodeDecodeError):
+        return None
+
+
+def _read(buf: bytes) -> Dataset:
+    if len(buf) < 144 or buf[128:132] != b"DICM":
+        raise _Unusual
+    meta, pos = _file_meta(buf)
+    syntax_element = meta.get(0x00020010)
+    if syntax_element is None:
+        raise _Unusual
+    syntax = bytes(syntax_element.value or b"").rstrip(b"\x00 ").decode("ascii")
+    if syntax == BIG_ENDIAN or syntax in DEFLATED:
+        raise _Unusual
+    implicit = syntax == IMPLICIT_LE
+    elements: dict[int, RawDataElement] = {}
+    _walk(buf, pos, len(buf), implicit, elements, 0)
+    ds = Dataset({Tag(t): e for t, e in elements.items()})
+    ds.file_meta = FileMetaDataset({Tag(t): e for t, e in meta.items()})
+    charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
+    ds.set_original_encoding(implicit, True, _encodings(charset))
+    return ds
+
+
+def _file_meta(buf: bytes) -> tuple[dict[int, RawDataElement], int]:
+    """Group 0002, explicit VR little endian, as pydicom keeps it (every element raw)."""
+    meta: dict[int, RawDataElement] = {}
+    pos, end = 132, len(buf)
+    while pos + 8 <= end:
+        group, number = _TAG.unpack_from(buf, pos)
+        if group != 0x0002:
+            break
+        vr, length, header = _explicit(buf, pos)
+        if length == UNDEFINED or pos + header + length > end:
+            raise _Unusual
+        tag = (group << 16) | number
+        value = buf[pos + header : pos + header + length]
+        meta[tag] = RawDataElement(Tag(tag), vr, length, value, pos + header, False, True)
+        pos += header + length
+    return meta, pos
+
+
+def _explicit(buf: bytes, pos: int) -> tuple[str, int, int]:
+    """(VR, value length, header length) of the explicit VR element at ``pos``."""
+    vr = buf[pos + 4 : pos + 6]
+    if vr in SHORT_VRS:
+        return vr.decode(), _U16.unpack_from(buf, pos + 6)[0], 8
+    if vr in LONG_VRS:
+        return vr.decode(), _U32.unpack_from(buf, pos + 8)[0], 12
+    raise _Unusual
+
+
+def _walk(
+    buf: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    wanted: dict[int, RawDataElement] | None,
+    depth: int,
+) -> int:
+    """Walk the elements from ``pos`` to ``end`` (or to an item's end marker within a sequence
+    of undefined length: ``end`` is then past the buffer's); keep the wanted ones in ``wanted``
+    (top level only, None within sequences). Returns where the walk stopped."""
+    size = len(buf)
+    explicit_unpack, implicit_unpack = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from
+    long_unpack = _U32.unpack_from
+    while pos < end:
+        if pos + 8 > size:
+            raise _Unusual
+        if implicit:
+            group, number, length = implicit_unpack(buf, pos)
+            vr: bytes | None = None
+            header = 8
+        else:
+            group, number, vr, length = explicit_unpack(buf, pos)
+            if group == 0xFFFE:
+                vr, length = None, long_unpack(buf, pos + 4)[0]
+                header = 8
+            elif vr in LONG_VRS:
+                length = long_unpack(buf, pos + 8)[0]
+                header = 12
+            elif vr in SHORT_VRS:
+                header = 8
+            else:
+                raise _Unusual
+        tag = (group << 16) | number
+        if tag == ITEM_END:  # the end of an item of undefined length
+            if depth == 0:
+                raise _Unusual
+            return pos + 8
+        if wanted is not None and tag >= PIXELS:
+            return pos
+        start = pos + header
+        if length == UNDEFINED:
+            if wanted is not None and tag in WANTED:
+                raise _Unusual  # pydicom reads such a sequence eagerly: let it
+            if vr not in (None, b"SQ"):  # UN or OB of undefined length: not in a header
+                raise _Unusual
+            pos = _sequence(buf, start, implicit, depth + 1)
+            continue
+        pos = start + length
+        if pos > size:
+            raise _Unusual
+        if wanted is not None and tag in WANTED:
+            name = vr.decode() if vr is not None else None
+            wanted[tag] = RawDataElement(
+                Tag(tag), name, length, buf[start:pos], start, implicit, True
+            )
+    if pos != end:
+        raise _Unusual
+    return pos
+
+
+def _sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
+    """Skip the items of a sequence of undefined length starting at ``pos``; returns the
+    position after its end marker."""
+    if depth > MAX_DEPTH:
+        raise _Unusual
+    while True:
+        if pos + 8 > len(buf):
+            raise _Unusual
+        group, number = _TAG.unpack_from(buf, pos)
+        tag = (group << 16) | number
+        length = _U32.unpack_from(buf, pos + 4)[0]
+        if tag == SEQUENCE_END:
+            return pos + 8
+        if tag != ITEM:
+            raise _Unusual
+        pos += 8
+        if length == UNDEFINED:
+            pos = _walk(buf, pos, len(buf) + 1, implicit, None, depth)
+        else:
+            if pos + length > len(buf):
+                raise _Unusual
+            pos += length
+
+
+def _encodings(charset: object) -> str | list[str]:
+    from pydicom.charset import convert_encodings, default_encoding
+
+    if not charset:
+        return default_encoding
+    value = charset.value if hasattr(charset, "value") else charset
+    return convert_encodings(value)  # type: ignore[arg-type]

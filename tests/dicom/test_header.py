@@ -1,0 +1,213 @@
+"""The lean header reader gives exactly what pydicom reads, or hands the file back to pydicom."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicom import header
+from dicom.charsets import fix_dataset
+
+DATA = Path(pydicom.__file__).parent / "data"
+SAMPLES = sorted(p for p in DATA.rglob("*.dcm") if p.is_file())
+
+
+def values(ds: Dataset) -> dict[int, object]:
+    """The wanted elements as text, sequences item by item, after the IR 58 fix."""
+    fix_dataset(ds)
+    out: dict[int, object] = {}
+    for tag in header.WANTED:
+        element = ds.get(tag)
+        if element is None:
+            continue
+        if element.VR == "SQ":
+            out[tag] = [sorted((str(e.tag), str(e.value)) for e in item) for item in element.value]
+        else:
+            out[tag] = str(element.value)
+    return out
+
+
+def pydicom_reads(data: bytes) -> Dataset | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - then the lean reader must not claim it either
+            return None
+
+
+def test_every_sample_reads_as_pydicom_reads_it_or_is_left_to_it() -> None:
+    lean_read = 0
+    for path in SAMPLES:
+        data = path.read_bytes()
+        lean = header.read(data)
+        if lean is None:
+            continue
+        lean_read += 1
+        full = pydicom_reads(data)
+        assert full is not None, f"{path.name}: read here, refused by pydicom"
+        assert values(lean) == values(full), path.name
+        assert lean.file_meta.TransferSyntaxUID == full.file_meta.TransferSyntaxUID, path.name
+        assert lean._character_set == full._character_set, path.name
+        assert (lean.original_encoding, path.name) == (full.original_encoding, path.name)
+    # most of pydicom's samples are plain little endian files: they must not all fall back
+    assert lean_read > len(SAMPLES) * 0.7, (lean_read, len(SAMPLES))
+
+
+@pytest.mark.parametrize(
+    "name", ["chrX1.dcm", "chrX2.dcm", "chrH31.dcm", "chrSQEncoding.dcm", "CT_small.dcm"]
+)
+def test_chinese_and_other_character_sets(name: str) -> None:
+    found = get_testdata_file(name, download=False) or DATA / "charset_files" / name
+    data = Path(found).read_bytes()
+    lean = header.read(data)
+    assert lean is not None
+    full = pydicom_reads(data)
+    assert full is not None
+    assert values(lean) == values(full)
+    if name in ("chrX1.dcm", "chrX2.dcm"):  # UTF-8 and GB18030 names come out as Unicode
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in str(lean.PatientName))
+
+
+def part10(ds: Dataset, syntax: str) -> bytes:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4")
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return out.getvalue()
+
+
+def sample() -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.PatientName = "Zhang^San"
+    ds.PatientID = "P1"
+    private = Dataset()
+    private.add_new(0x00091010, "LO", "inside a private sequence")
+    ds.add_new(0x00091001, "SQ", [private, private])
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.1"
+    ds.InstanceNumber = 7
+    ds.PixelData = b"\x00\x01" * 8
+    ds.Rows, ds.Columns, ds.BitsAllocated = 2, 4, 16
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_skips_sequences_and_stops_before_the_pixels(syntax: str) -> None:
+    data = part10(sample(), syntax)
+    lean = header.read(data)
+    assert lean is not None
+    assert str(lean.PatientName) == "Zhang^San"
+    assert lean.InstanceNumber == 7
+    assert 0x00091001 not in lean and "PixelData" not in lean
+    assert values(lean) == values(pydicom_reads(data))  # type: ignore[arg-type]
+
+
+def undefined_length_sequence(data: bytes, tag: int) -> bytes:
+    """``data`` with the explicit VR sequence ``tag`` (defined length, items of defined length)
+    rewritten with undefined lengths, as many modalities write them."""
+    head = struct.pack("<HH2s2x", tag >> 16, tag & 0xFFFF, b"SQ")
+    at = data.index(head)
+    (length,) = struct.unpack_from("<I", data, at + 8)
+    body, pos, items = data[at + 12 : at + 12 + length], 0, b""
+    while pos < len(body):
+        (item_length,) = struct.unpack_from("<I", body, pos + 4)
+        content = body[pos + 8 : pos + 8 + item_length]
+        items += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + content
+        items += struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        pos += 8 + item_length
+    rewritten = head + struct.pack("<I", 0xFFFFFFFF) + items
+    rewritten += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return data[:at] + rewritten + data[at + 12 + length :]
+
+
+def test_sequences_of_undefined_length_are_walked() -> None:
+    data = undefined_length_sequence(part10(sample(), ExplicitVRLittleEndian), 0x00091001)
+    lean = header.read(data)
+    assert lean is not None
+    assert lean.InstanceNumber == 7 and "PixelData" not in lean
+    assert values(lean) == values(pydicom_reads(data))  # type: ignore[arg-type]
+
+
+def test_a_wanted_sequence_of_undefined_length_goes_to_pydicom() -> None:
+    ds = sample()
+    other = Dataset()
+    other.PatientID = "110101199003071234"
+    ds.OtherPatientIDsSequence = [other]
+    plain = part10(ds, ExplicitVRLittleEndian)
+    lean = header.read(plain)
+    assert lean is not None and lean.OtherPatientIDsSequence[0].PatientID == other.PatientID
+    assert header.read(undefined_length_sequence(plain, 0x00101002)) is None
+
+
+def test_a_cut_in_the_pixel_data_leaves_the_header_readable() -> None:
+    data = part10(sample(), ExplicitVRLittleEndian)[:-6]
+    lean = header.read(data)
+    assert lean is not None and "PixelData" not in lean
+    assert values(lean) == values(pydicom_reads(data))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda d: d[: d.index(b"Zhang") + 2], id="cut off inside a wanted element"),
+        pytest.param(lambda d: d.replace(b"PN", b"Q?", 1), id="an unknown VR"),
+        pytest.param(lambda d: d.replace(b"DICM", b"DOCM"), id="no DICM prefix"),
+        pytest.param(lambda d: d[:100], id="shorter than a preamble"),
+        pytest.param(
+            lambda d: d.replace(ExplicitVRLittleEndian.encode(), b"1.2.840.10008.1.2.2\x00"),
+            id="big endian",
+        ),
+    ],
+)
+def test_anything_unusual_is_left_to_pydicom(damage) -> None:  # type: ignore[no-untyped-def]
+    data = part10(sample(), ExplicitVRLittleEndian)
+    assert header.read(data) is not None
+    assert header.read(damage(data)) is None
+
+
+def test_filing_reads_nothing_the_lean_reader_leaves_out() -> None:
+    """The index row, the Patient's identifiers and body come out the same from either reader:
+    a header element filing reads that ``WANTED`` forgot would differ here."""
+    from dicom.index import row
+    from dicom.ingest import Origin, patient_body, patient_identifiers
+
+    origin = Origin("dicom", "XINGFU_CT", "127.0.0.1", "org-1")
+    compared = 0
+    for path in SAMPLES:
+        data = path.read_bytes()
+        lean, full = header.read(data), pydicom_reads(data)
+        if lean is None or full is None or "SOPInstanceUID" not in full:
+            continue
+        made: list[object] = []
+        for ds in (fix_dataset(lean), fix_dataset(full)):
+            try:
+                index_row = row(
+                    ds, transfer_syntax="", storage_key="k", size=0, digest="d",
+                    patient_ref=None, org_id=None, calling_ae=None,
+                )  # fmt: skip
+                ids = patient_identifiers(ds, origin)
+                made.append(
+                    (
+                        {k: v for k, v in index_row.items() if k != "received"},
+                        ids,
+                        patient_body(ds, ids, origin),
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - both readers must fail alike
+                made.append(("failed", type(exc).__name__))
+        assert made[0] == made[1], path.name
+        compared += 1
+    assert compared > 50
