@@ -83,8 +83,7 @@ def test_staged_messages_waiting_together_are_written_with_one_statement_per_tab
         gate.wait(30)
 
     committer = demo.hl7.committer
-    blocker = threading.Thread(target=committer.submit, args=(block,))
-    blocker.start()
+    blocked = committer.enqueue(block)
     assert holding.wait(30)  # the writer is busy: what comes now waits in its queue
     replies: dict[int, str | None] = {}
     senders = [
@@ -97,7 +96,8 @@ def test_staged_messages_waiting_together_are_written_with_one_statement_per_tab
     while committer._queue.qsize() < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     gate.set()
-    for thread in [blocker, *senders]:
+    blocked.result(30)
+    for thread in senders:
         thread.join(30)
     assert replies == {n: "AA" for n in range(4)}
     assert calls == [4]

@@ -1,0 +1,99 @@
+"""The group committer: who writes a unit, and which units share a transaction."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+
+from records.committer import GroupCommitter
+from records.db import make_engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (v TEXT)")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def committer(engine: Engine) -> Iterator[GroupCommitter]:
+    committer = GroupCommitter(engine, name="test-writer")
+    yield committer
+    committer.close()
+
+
+def rows(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT v FROM t ORDER BY v"))]
+
+
+def insert(value: str) -> object:
+    def work(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO t (v) VALUES (?)", (value,))
+        return threading.current_thread().name
+
+    return work
+
+
+def test_with_the_writer_idle_the_caller_writes_its_own_unit(committer, engine) -> None:
+    assert committer.submit(insert("a")) == threading.current_thread().name
+    assert rows(engine) == ["a"]
+    assert (committer.batches, committer.units) == (1, 1)
+
+
+def test_units_sent_while_another_is_written_wait_and_are_committed_together(
+    committer, engine
+) -> None:
+    writing, release = threading.Event(), threading.Event()
+
+    def slow(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO t (v) VALUES ('first')")
+        writing.set()
+        assert release.wait(30)
+        return threading.current_thread().name
+
+    queued = threading.Semaphore(0)
+    put = committer._queue.put
+
+    def counted(job, *args, **kwargs):  # type: ignore[no-untyped-def]
+        put(job, *args, **kwargs)
+        queued.release()
+
+    committer._queue.put = counted  # type: ignore[method-assign]
+    first = threading.Thread(target=committer.submit, args=(slow,), name="first-caller")
+    first.start()
+    assert writing.wait(30)
+    writers: dict[str, str] = {}
+    others = [
+        threading.Thread(target=lambda v=v: writers.update({v: committer.submit(insert(v))}))
+        for v in ("b", "c")
+    ]
+    for thread in others:
+        thread.start()
+    assert queued.acquire(timeout=30) and queued.acquire(timeout=30)  # both wait their turn
+    release.set()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert rows(engine) == ["b", "c", "first"]
+    assert set(writers.values()) == {"test-writer"}  # not their callers' threads
+    assert (committer.batches, committer.units) == (2, 3)  # the first alone, then b and c
+
+
+def test_a_unit_that_fails_in_its_callers_thread_leaves_nothing_and_the_next_goes_on(
+    committer, engine
+) -> None:
+    def failing(conn: Connection) -> None:
+        conn.exec_driver_sql("INSERT INTO t (v) VALUES ('half')")
+        raise ValueError("the unit's own failure")
+
+    with pytest.raises(ValueError, match="own failure"):
+        committer.submit(failing)
+    assert committer.submit(insert("next")) == threading.current_thread().name
+    assert rows(engine) == ["next"]
