@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -45,6 +46,7 @@ AE_SYSTEM = "urn:yilian:dicom-ae"  # Device.identifier: the AE title a device ca
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SEX = {"M": "male", "F": "female", "O": "other"}
 RETIRED = ("inactive", "entered-in-error")  # Device.status of a device that may not call
+PLACERS = 4  # threads making objects durable (an fsync holds no interpreter lock)
 
 # outcomes, mapped by each caller to its own answer (DIMSE status, HTTP status)
 STORED = "stored"
@@ -125,6 +127,8 @@ class DicomIngest:
         self.committer = committer
         self.default_tz = default_tz
         self._devices: dict[str, tuple[float, str | None]] = {}  # AE -> (when, Organization id)
+        # objects are made durable here while the writer runs their unit (``_file``)
+        self._placing = ThreadPoolExecutor(PLACERS, thread_name_prefix="dicom-place")
 
     # -- who is calling ---------------------------------------------------------------------
 
@@ -187,12 +191,19 @@ class DicomIngest:
         size, digest = _measure(path)
         who = _principal(origin)
         # the object is durable before its index row commits (a crash between leaves a file
-        # the sender's retry overwrites); one already there is a repeat or a conflict
+        # the sender's retry overwrites); one already there is a repeat or a conflict. Its
+        # fsyncs (file and folder, half a millisecond) run on another thread while the unit's
+        # statements run, and the unit waits for them before it is done.
         placed = not self.store.exists(key)
-        if placed:
-            self.store.put_file(key, path)
+        durable = self._placing.submit(self.store.put_file, key, path) if placed else None
 
         def work(conn: Connection) -> Outcome:
+            outcome = unit(conn)
+            if durable is not None:
+                durable.result()  # raises if it could not be made durable: no row then
+            return outcome
+
+        def unit(conn: Connection) -> Outcome:
             db.lock_keys(conn, [f"dicom-study:{study_uid}"])
             earlier = index.digest_of(conn, sop_uid)
             if earlier is not None:
@@ -252,8 +263,11 @@ class DicomIngest:
         try:
             outcome: Outcome = self.committer.submit(work)
         except BaseException:
-            if placed:  # back where the caller's quarantine looks for it
-                self.store.path(key).replace(path)
+            if durable is not None:
+                wait([durable])
+                target = self.store.path(key)
+                if target.exists():  # back where the caller's quarantine looks for it
+                    target.replace(path)
             raise
         if not placed:
             if outcome.result == STORED:  # a file left by a crash before its row: replace it

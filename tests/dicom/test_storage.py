@@ -66,3 +66,36 @@ def test_an_object_the_disk_cannot_keep_is_not_indexed_and_is_quarantined(
     assert rows == 0 and studies == 0  # nothing of the unit committed
     [entry] = quarantine.entries(demo.engine)
     assert entry.sop_uid == ds.SOPInstanceUID
+
+
+def test_the_index_row_commits_only_after_the_object_is_durable(
+    demo: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object is made durable on another thread while the unit's statements run; the
+    commit still waits for it, however slow the disk."""
+    from sqlalchemy import event
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    put_file, happened = demo.dicom.store.put_file, []
+
+    def slow_disk(key: str, source: Path) -> None:
+        import time
+
+        time.sleep(0.3)
+        put_file(key, source)
+        happened.append("durable")
+
+    def committed(conn) -> None:  # type: ignore[no-untyped-def]
+        happened.append("commit")
+
+    monkeypatch.setattr(demo.dicom.store, "put_file", slow_disk)
+    event.listen(demo.engine, "commit", committed)
+    try:
+        outcome = demo.dicom.file(path, Origin("dicom", "XINGFU_CT", "127.0.0.1:1", "XINGFU-THC"))
+    finally:
+        event.remove(demo.engine, "commit", committed)
+    assert outcome.status == 0x0000, outcome.reason
+    assert happened[:2] == ["durable", "commit"]
