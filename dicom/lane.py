@@ -41,7 +41,6 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 from dicom import commands
 from dicom.commands import CommandError
-from records import ids
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +83,14 @@ class Partial:
 
 class StorageLane:
     def __init__(
-        self, contexts: dict[int, tuple[str, str]], store: Store, folder: Path, prefix: str
+        self, contexts: dict[int, tuple[str, str]], store: Store, new_file: Callable[[], Path]
     ) -> None:
         """``contexts``: the accepted presentation contexts, ID -> (abstract syntax, transfer
-        syntax); ``folder``/``prefix``: where and under what name an instance's file is made."""
+        syntax); ``new_file``: an empty file for an arriving instance, the lane's to fill
+        (``storage.SpareFiles.take``)."""
         self.contexts = contexts
         self.store = store
-        self.folder = folder
-        self.prefix = prefix
+        self.new_file = new_file
         self._command = bytearray()
         self._request: _Request | None = None
         self._buffer = bytearray(CHUNK)
@@ -169,7 +168,7 @@ class StorageLane:
             raise _Invalid("a C-STORE request without a dataset")
         sop_class = commands.read_uid(elements, commands.AFFECTED_SOP_CLASS)
         sop_instance = commands.read_uid(elements, commands.AFFECTED_SOP_INSTANCE)
-        path = self.folder / f"{self.prefix}{ids.new_id()}.dcm"
+        path = self.new_file()
         file = open(path, "wb")  # noqa: SIM115 - closed when complete or by take_partial
         self._request = _Request(context_id, message_id, sop_class, sop_instance, path, file)
         file.write(file_meta(sop_class, sop_instance, transfer))

@@ -45,6 +45,8 @@ from dicom import reactor
 from dicom.ingest import DicomIngest, Origin
 from dicom.lane import VERIFICATION, Partial, StorageLane
 from dicom.refresh import StudyRefresher
+from dicom.storage import SpareFiles
+from records import ids
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class DicomServer:
         self._lock = threading.Lock()
         self._server: Any = None
         self._storage: frozenset[str] = frozenset()  # abstract syntaxes the lane may serve
+        # the lane's files for arriving instances, made ahead (``storage.SpareFiles``)
+        self._spares = SpareFiles(ingest.store.scratch(), RECEIVING, ids.new_id)
         self._refresher = StudyRefresher(
             ingest.refresh_studies,
             quiet=settings.study_quiet_seconds,
@@ -186,6 +190,7 @@ class DicomServer:
             self._server = None
             log.info("DICOM SCP stopped")
         self._refresher.stop()
+        self._spares.stop()
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -234,7 +239,7 @@ class DicomServer:
             return None
         if assoc.get_handlers(evt.EVT_PDU_RECV) or assoc.get_handlers(evt.EVT_DATA_RECV):
             return None
-        return StorageLane(contexts, self.store, self.ingest.store.scratch(), RECEIVING)
+        return StorageLane(contexts, self.store, self._spares.take)
 
     def _on_end(self, event: Any) -> None:
         self._keep_cut_off(event)

@@ -9,13 +9,19 @@ after it. Keys are relative paths; an object store (S3 and the like) can take th
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
+SPARES = 32  # empty files kept ready in the scratch folder (``SpareFiles``)
+
+log = logging.getLogger(__name__)
 
 
 class ObjectStore(Protocol):
@@ -92,6 +98,73 @@ class FileStore:
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         with self.open(key) as f:
             yield from iter(lambda: f.read(CHUNK), b"")
+
+
+class SpareFiles:
+    """Empty files made ahead of need in a folder, for objects about to arrive.
+
+    Making a new file is the dearest step of receiving a small object on some file systems: on
+    the ext4 disk of the machine the benchmarks ran on, 0.7 ms of kernel time a file, where
+    opening an existing one takes 8 us and a folder 50 us. A modality sending over one
+    association waits for each answer, so that cost was on every instance's path. A thread
+    keeps ``keep`` empty files ready; ``take`` hands one over (or makes one at once when none is
+    ready) and the thread makes the next while the object arrives. Spares left by a stop are
+    empty files under the receiving prefix, removed or reused at the next start."""
+
+    def __init__(self, folder: Path, prefix: str, new_name: Callable[[], str], keep: int = SPARES):
+        self.folder = folder
+        self.prefix = prefix
+        self.keep = keep
+        self._new_name = new_name
+        self._ready: deque[Path] = deque()
+        self._wanted = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> Path:
+        """An empty file of the folder, the caller's from now on."""
+        self._ensure_started()
+        try:
+            path = self._ready.popleft()
+        except IndexError:
+            path = self._make()
+        self._wanted.set()
+        return path
+
+    def stop(self) -> None:
+        """No more spares; those ready are removed."""
+        self._stopped = True
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        while self._ready:
+            self._ready.popleft().unlink(missing_ok=True)
+
+    def _ensure_started(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="spare-files", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wanted.wait()
+            self._wanted.clear()
+            while len(self._ready) < self.keep and not self._stopped:
+                try:
+                    self._ready.append(self._make())
+                except OSError as exc:  # a full disk, say: each take makes its own (and fails)
+                    log.warning("making spare files failed: %s", exc)
+                    break
+
+    def _make(self) -> Path:
+        path = self.folder / f"{self.prefix}{self._new_name()}.dcm"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return path
 
 
 def _fsync_path(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
@@ -99,3 +100,20 @@ def test_the_index_row_commits_only_after_the_object_is_durable(
         event.remove(demo.engine, "commit", committed)
     assert outcome.status == 0x0000, outcome.reason
     assert happened[:2] == ["durable", "commit"]
+
+
+def test_spare_files_are_made_ahead_and_each_is_taken_once(tmp_path: Path) -> None:
+    from dicom.storage import SpareFiles
+    from records import ids
+
+    spares = SpareFiles(tmp_path, "receiving-", ids.new_id, keep=4)
+    first = spares.take()  # none ready yet: made at once
+    assert first.exists() and first.stat().st_size == 0 and first.name.startswith("receiving-")
+    deadline = time.monotonic() + 10
+    while len(list(tmp_path.iterdir())) < 5:  # the thread fills the reserve behind it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    taken = {spares.take() for _ in range(20)}
+    assert len(taken) == 20 and first not in taken
+    spares.stop()
+    assert set(tmp_path.iterdir()) == taken | {first}  # ready ones removed; taken ones kept
