@@ -172,9 +172,9 @@ class DicomIngest:
         caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE)."""
         ds: Dataset | None = None
         try:
-            ds = _read(path)
+            ds, measured = _read(path)
             _check(ds, sop_class)
-            return self._file(path, ds, origin)
+            return self._file(path, ds, origin, measured)
         except Refusal as refusal:
             return self._quarantine(path, origin, refusal.reason, refusal.problem, ds)
         except Exception as exc:  # noqa: BLE001 - our fault: keep the object, say so
@@ -182,13 +182,16 @@ class DicomIngest:
             reason = f"internal error: {type(exc).__name__}"
             return self._quarantine(path, origin, reason, None, ds, failed=True)
 
-    def _file(self, path: Path, ds: Dataset, origin: Origin) -> Outcome:
+    def _file(
+        self, path: Path, ds: Dataset, origin: Origin, measured: tuple[int, str] | None = None
+    ) -> Outcome:
+        """``measured``: the object's size and SHA-256 when the caller has them already."""
         sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
         series_uid, sop_class = str(ds.SeriesInstanceUID), str(ds.SOPClassUID)
         key = f"studies/{study_uid}/{ds.SeriesInstanceUID}/{sop_uid}.dcm"
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         ecg_ds = ds if ecg.is_ecg(ds) else None
-        size, digest = _measure(path)
+        size, digest = measured or _measure(path)
         who = _principal(origin)
         # the object is durable before its index row commits (a crash between leaves a file
         # the sender's retry overwrites); one already there is a repeat or a conflict. Its
@@ -410,9 +413,9 @@ class DicomIngest:
         origin = Origin(entry.origin, entry.calling_ae, entry.peer, organization)
         ds: Dataset | None = None
         try:
-            ds = _read(work)
+            ds, measured = _read(work)
             _check(ds, None)
-            outcome = self._file(work, ds, origin)
+            outcome = self._file(work, ds, origin, measured)
         except Refusal as refusal:
             work.unlink(missing_ok=True)
             quarantine.settle(self.records.engine, qid, released=False, reason=refusal.reason)
@@ -465,13 +468,14 @@ class DicomIngest:
 IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed from memory
 
 
-def _read(path: Path) -> Dataset:
+def _read(path: Path) -> tuple[Dataset, tuple[int, str] | None]:
     """The header (all but the pixel data). An object of at most ``IN_MEMORY`` bytes is read in
     one call and parsed from memory: pydicom asks its file for its position at every element,
     a system call each (some 270 for a small CT), and each call lets the interpreter's other
     threads in; with several associations at once that cost more than the parsing. Such an
     object's header is read by ``dicom.header`` (the elements filing needs, a third of
-    pydicom's time) unless it is unusual or an ECG, whose waveform is mapped whole."""
+    pydicom's time) unless it is unusual or an ECG, whose waveform is mapped whole. With the
+    header comes the object's size and SHA-256 when it was read whole (else None)."""
     try:
         with open(path, "rb") as f:
             data = f.read(IN_MEMORY + 1)
@@ -481,7 +485,8 @@ def _read(path: Path) -> Dataset:
             ds = dcmread(source, stop_before_pixels=True)
         charsets.fix_dataset(ds)
         ds.get("PatientName")  # decodes lazily: fail here, not later
-        return ds
+        whole = len(data) <= IN_MEMORY
+        return ds, (len(data), hashlib.sha256(data).hexdigest()) if whole else None
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise Refusal(f"the dataset cannot be read: {exc}"[:500], "unreadable") from None
 
