@@ -108,7 +108,11 @@ def person_name(
     ds: Dataset, keyword: str = "PatientName", codecs: list[str] | None = None
 ) -> PersonName | None:
     """The (first) person name in ``keyword``, split into its component groups."""
-    text = decode_text(ds, keyword, codecs)
+    return name_of(decode_text(ds, keyword, codecs))
+
+
+def name_of(text: str | None) -> PersonName | None:
+    """The (first) person name of a PN value's text (``decode_text``'s reading)."""
     if text is None:
         return None
     name = PersonName.parse(text.split("\\")[0])

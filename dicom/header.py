@@ -19,11 +19,15 @@ the file with pydicom as before, whose leniency with damaged files then decides.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import Tag
+
+from dicom import charsets
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -79,17 +83,131 @@ class _Unusual(Exception):
     """Not plainly well formed: pydicom reads it."""
 
 
+@dataclass(frozen=True)
+class Header:
+    """What filing reads of a header: text as ``charsets.decode_text`` reads it (None when
+    absent or empty), the integer strings as integers, and each Other Patient IDs item's
+    (Patient ID, Issuer of Patient ID)."""
+
+    transfer_syntax: str
+    text: dict[str, str | None]
+    numbers: dict[str, int | None]
+    other_ids: tuple[tuple[str | None, str | None], ...] = ()
+
+    def __getitem__(self, keyword: str) -> str | None:
+        return self.text[keyword]
+
+
+# keyword -> VR of the text filing reads, and of the integer strings
+TEXT = {
+    "SOPClassUID": "UI", "SOPInstanceUID": "UI", "StudyInstanceUID": "UI",
+    "SeriesInstanceUID": "UI", "StudyDate": "DA", "StudyTime": "TM", "AccessionNumber": "SH",
+    "Modality": "CS", "ReferringPhysicianName": "PN", "StudyDescription": "LO",
+    "SeriesDescription": "LO", "PatientName": "PN", "PatientID": "LO",
+    "IssuerOfPatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
+    "BodyPartExamined": "CS", "StudyID": "SH",
+}  # fmt: skip
+NUMBERS = ("SeriesNumber", "InstanceNumber", "NumberOfFrames")  # IS
+# Specific Character Sets whose text is decoded whole by one Python codec (pydicom's names),
+# so that ``quick`` reads exactly what pydicom does; any other goes through pydicom
+ONE_CODEC = {
+    "": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "UTF8",
+    "GB18030": "GB18030", "GBK": "GBK",
+}  # fmt: skip
+_TAGS = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in (*TEXT, *NUMBERS)}
+
+
+def of_dataset(ds: Dataset) -> Header:
+    """The header of a dataset pydicom read (``charsets.fix_dataset`` done)."""
+    codecs = charsets.codecs_of(ds)
+    others = tuple(
+        (charsets.decode_text(item, "PatientID"), charsets.decode_text(item, "IssuerOfPatientID"))
+        for item in ds.get("OtherPatientIDsSequence", []) or []
+    )
+    return Header(
+        str(ds.file_meta.get("TransferSyntaxUID", "")) if "file_meta" in ds.__dict__ else "",
+        {keyword: charsets.decode_text(ds, keyword, codecs) for keyword in TEXT},
+        {keyword: _integer(ds.get(keyword)) for keyword in NUMBERS},
+        others,
+    )
+
+
+def quick(data: bytes) -> Header | None:
+    """The header of the Part 10 file ``data`` read straight from its bytes, the same as
+    ``of_dataset`` gives after pydicom read it, when that is plain: a file ``read`` can walk,
+    a character set of one codec, single values, no Other Patient IDs. Else None."""
+    try:
+        meta, elements, implicit = _elements(bytes(data))
+        return _quick(meta, elements, implicit)
+    except (_Unusual, struct.error, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _quick(
+    meta: dict[int, RawDataElement], elements: dict[int, RawDataElement], implicit: bool
+) -> Header:
+    charset = elements.get(0x00080005)
+    name = bytes(charset.value or b"").decode("ascii").strip("\0 ") if charset else ""
+    codec = ONE_CODEC.get(name)
+    if codec is None or 0x00101002 in elements:
+        raise _Unusual
+    text: dict[str, str | None] = {}
+    for keyword, vr in TEXT.items():
+        text[keyword] = _text(elements.get(_TAGS[keyword]), vr, codec, implicit)
+    numbers: dict[str, int | None] = {}
+    for keyword in NUMBERS:
+        value = _text(elements.get(_TAGS[keyword]), "IS", codec, implicit)
+        numbers[keyword] = int(value) if value is not None else None
+    syntax = bytes(meta[0x00020010].value or b"").rstrip(b"\x00 ").decode("ascii")
+    return Header(syntax, text, numbers)
+
+
+def _text(element: RawDataElement | None, vr: str, codec: str, implicit: bool) -> str | None:
+    """One value as pydicom and ``charsets.decode_text`` read it; ``_Unusual`` for anything
+    they would read another way (several values, another VR, non-ASCII outside text)."""
+    if element is None:
+        return None
+    if not implicit and element.VR != vr:
+        raise _Unusual
+    raw = bytes(element.value or b"")
+    if b"\\" in raw:
+        raise _Unusual
+    if vr in ("PN", "LO", "SH"):
+        value = raw.decode(codec).rstrip("\0 ")
+        if vr == "PN":
+            value = value.rstrip("=")
+    else:
+        value = raw.decode("ascii")
+        value = value.strip("\0 ") if vr in ("UI", "IS") else value.rstrip("\0 ")
+    return value or None
+
+
+def _integer(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
 def read(data: bytes) -> Dataset | None:
     """The wanted elements of the Part 10 file ``data`` as pydicom would read them with
     ``stop_before_pixels`` (its File Meta Information whole), or None when pydicom must read
     it."""
     try:
-        return _read(bytes(data))
+        meta, elements, implicit = _elements(bytes(data))
     except (_Unusual, struct.error, UnicodeDecodeError):
         return None
+    ds = Dataset({Tag(t): e for t, e in elements.items()})
+    ds.file_meta = FileMetaDataset({Tag(t): e for t, e in meta.items()})
+    charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
+    ds.set_original_encoding(implicit, True, _encodings(charset))
+    return ds
 
 
-def _read(buf: bytes) -> Dataset:
+def _elements(
+    buf: bytes,
+) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement], bool]:
+    """(File Meta Information, the wanted elements, implicit VR?) of a plain Part 10 file."""
     if len(buf) < 144 or buf[128:132] != b"DICM":
         raise _Unusual
     meta, pos = _file_meta(buf)
@@ -102,11 +220,7 @@ def _read(buf: bytes) -> Dataset:
     implicit = syntax == IMPLICIT_LE
     elements: dict[int, RawDataElement] = {}
     _walk(buf, pos, len(buf), implicit, elements, 0)
-    ds = Dataset({Tag(t): e for t, e in elements.items()})
-    ds.file_meta = FileMetaDataset({Tag(t): e for t, e in meta.items()})
-    charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
-    ds.set_original_encoding(implicit, True, _encodings(charset))
-    return ds
+    return meta, elements, implicit
 
 
 def _file_meta(buf: bytes) -> tuple[dict[int, RawDataElement], int]:

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom import charsets
+from dicom.header import Header
 from dicom.storage import ObjectStore
 from records import bulk
 from records.schema import dicom_instance
@@ -44,17 +45,9 @@ def header_json(ds: Dataset) -> str:
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def row(
-    ds: Dataset,
+    head: Header,
     *,
-    transfer_syntax: str,
     storage_key: str,
     size: int,
     digest: str,
@@ -62,46 +55,41 @@ def row(
     org_id: str | None,
     calling_ae: str | None,
 ) -> dict[str, Any]:
-    """The index row of one instance (the dataset read without its pixel data is enough)."""
-    codecs = charsets.codecs_of(ds)
-    name = charsets.person_name(ds, "PatientName", codecs)
+    """The index row of one instance, from its header (``dicom.header``)."""
+    name = charsets.name_of(head["PatientName"])
+    referring = charsets.name_of(head["ReferringPhysicianName"])
     return {
-        "sop_uid": str(ds.SOPInstanceUID),
-        "sop_class": str(ds.SOPClassUID),
-        "study_uid": str(ds.StudyInstanceUID),
-        "series_uid": str(ds.SeriesInstanceUID),
-        "transfer_syntax": transfer_syntax,
+        "sop_uid": head["SOPInstanceUID"],
+        "sop_class": head["SOPClassUID"],
+        "study_uid": head["StudyInstanceUID"],
+        "series_uid": head["SeriesInstanceUID"],
+        "transfer_syntax": head.transfer_syntax,
         "patient_ref": patient_ref,
         "org_id": org_id,
         "calling_ae": calling_ae,
-        "dicom_patient_id": charsets.decode_text(ds, "PatientID", codecs),
-        "issuer": charsets.decode_text(ds, "IssuerOfPatientID", codecs),
+        "dicom_patient_id": head["PatientID"],
+        "issuer": head["IssuerOfPatientID"],
         "patient_name": str(name) if name else None,
         "name_key": charsets.name_key(str(name)) if name else None,
-        "birth_date": str(ds.get("PatientBirthDate", "") or "")[:8] or None,
-        "sex": str(ds.get("PatientSex", "") or "") or None,
-        "study_date": str(ds.get("StudyDate", "") or "")[:8] or None,
-        "study_time": str(ds.get("StudyTime", "") or "")[:16] or None,
-        "accession": charsets.decode_text(ds, "AccessionNumber", codecs),
-        "study_id": charsets.decode_text(ds, "StudyID", codecs),
-        "study_description": charsets.decode_text(ds, "StudyDescription", codecs),
-        "referring": _name_text(ds, "ReferringPhysicianName", codecs),
-        "modality": str(ds.get("Modality", "") or "") or None,
-        "series_number": _int(ds.get("SeriesNumber")),
-        "series_description": charsets.decode_text(ds, "SeriesDescription", codecs),
-        "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
-        "instance_number": _int(ds.get("InstanceNumber")),
-        "frames": _int(ds.get("NumberOfFrames")) or (1 if "PixelData" in ds else None),
+        "birth_date": (head["PatientBirthDate"] or "")[:8] or None,
+        "sex": head["PatientSex"],
+        "study_date": (head["StudyDate"] or "")[:8] or None,
+        "study_time": (head["StudyTime"] or "")[:16] or None,
+        "accession": head["AccessionNumber"],
+        "study_id": head["StudyID"],
+        "study_description": head["StudyDescription"],
+        "referring": str(referring) if referring else None,
+        "modality": head["Modality"],
+        "series_number": head.numbers["SeriesNumber"],
+        "series_description": head["SeriesDescription"],
+        "body_part": head["BodyPartExamined"],
+        "instance_number": head.numbers["InstanceNumber"],
+        "frames": head.numbers["NumberOfFrames"] or None,
         "storage_key": storage_key,
         "size": size,
         "digest": digest,
         "received": dt.datetime.now(dt.UTC),
     }
-
-
-def _name_text(ds: Dataset, keyword: str, codecs: list[str]) -> str | None:
-    name = charsets.person_name(ds, keyword, codecs)
-    return str(name) if name else None
 
 
 def insert(conn: Connection, values: dict[str, Any]) -> None:

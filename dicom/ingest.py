@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection, select
 
 from dicom import charsets, header, index, quarantine
+from dicom.header import Header
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
 from dicom.storage import ObjectStore
@@ -170,27 +171,31 @@ class DicomIngest:
     def file(self, path: Path, origin: Origin, *, sop_class: str | None = None) -> Outcome:
         """File the DICOM file at ``path``; it is moved into the store or into quarantine (the
         caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE)."""
-        ds: Dataset | None = None
+        head: Header | None = None
         try:
-            ds, measured = _read(path)
-            _check(ds, sop_class)
-            return self._file(path, ds, origin, measured)
+            head, ecg_ds, measured = _read(path)
+            _check(head, sop_class)
+            return self._file(path, head, origin, measured, ecg_ds)
         except Refusal as refusal:
-            return self._quarantine(path, origin, refusal.reason, refusal.problem, ds)
+            return self._quarantine(path, origin, refusal.reason, refusal.problem, head)
         except Exception as exc:  # noqa: BLE001 - our fault: keep the object, say so
             log.exception("filing a SOP instance failed: %s", type(exc).__name__)
             reason = f"internal error: {type(exc).__name__}"
-            return self._quarantine(path, origin, reason, None, ds, failed=True)
+            return self._quarantine(path, origin, reason, None, head, failed=True)
 
     def _file(
-        self, path: Path, ds: Dataset, origin: Origin, measured: tuple[int, str] | None = None
+        self,
+        path: Path,
+        head: Header,
+        origin: Origin,
+        measured: tuple[int, str] | None,
+        ecg_ds: Dataset | None,
     ) -> Outcome:
-        """``measured``: the object's size and SHA-256 when the caller has them already."""
-        sop_uid, study_uid = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
-        series_uid, sop_class = str(ds.SeriesInstanceUID), str(ds.SOPClassUID)
-        key = f"studies/{study_uid}/{ds.SeriesInstanceUID}/{sop_uid}.dcm"
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        ecg_ds = ds if ecg.is_ecg(ds) else None
+        """``measured``: the object's size and SHA-256 when the caller has them already;
+        ``ecg_ds``: an ECG's dataset, whose waveform is mapped."""
+        sop_uid, study_uid = str(head["SOPInstanceUID"]), str(head["StudyInstanceUID"])
+        series_uid, sop_class = str(head["SeriesInstanceUID"]), str(head["SOPClassUID"])
+        key = f"studies/{study_uid}/{series_uid}/{sop_uid}.dcm"
         size, digest = measured or _measure(path)
         who = _principal(origin)
         # the object is durable before its index row commits (a crash between leaves a file
@@ -219,7 +224,7 @@ class DicomIngest:
                     "the stored object is kept",
                     "conflict",
                 )
-            patient, created = self._patient(conn, who, ds, origin)
+            patient, created = self._patient(conn, who, head, origin)
             if (
                 origin.reach is not None
                 and not created
@@ -230,8 +235,7 @@ class DicomIngest:
                     "forbidden",
                 )
             row = index.row(
-                ds,
-                transfer_syntax=transfer_syntax,
+                head,
                 storage_key=key,
                 size=size,
                 digest=digest,
@@ -283,13 +287,13 @@ class DicomIngest:
     # -- the record ----------------------------------------------------------------------------
 
     def _patient(
-        self, conn: Connection, who: Principal, ds: Dataset, origin: Origin
+        self, conn: Connection, who: Principal, head: Header, origin: Origin
     ) -> tuple[Stored, bool]:
-        identifiers = patient_identifiers(ds, origin)
+        identifiers = patient_identifiers(head, origin)
         if not identifiers:
             raise Refusal("PatientID (0010,0020) is empty: the object cannot be filed", "missing")
         return self.records.patient_by_identifiers(
-            conn, who, patient_body(ds, identifiers, origin), models=False
+            conn, who, patient_body(head, identifiers, origin), models=False
         )
 
     def _find_study(self, conn: Connection, study_uid: str) -> Stored | None:
@@ -411,15 +415,15 @@ class DicomIngest:
                 dst.write(chunk)
         organization = self.organization_of_ae(entry.calling_ae) if entry.calling_ae else None
         origin = Origin(entry.origin, entry.calling_ae, entry.peer, organization)
-        ds: Dataset | None = None
+        head: Header | None = None
         try:
-            ds, measured = _read(work)
-            _check(ds, None)
-            outcome = self._file(work, ds, origin, measured)
+            head, ecg_ds, measured = _read(work)
+            _check(head, None)
+            outcome = self._file(work, head, origin, measured, ecg_ds)
         except Refusal as refusal:
             work.unlink(missing_ok=True)
             quarantine.settle(self.records.engine, qid, released=False, reason=refusal.reason)
-            return Outcome(REFUSED, _text(ds, "SOPInstanceUID"), reason=refusal.reason)
+            return Outcome(REFUSED, _text(head, "SOPInstanceUID"), reason=refusal.reason)
         quarantine.settle(self.records.engine, qid, released=outcome.ok)
         if outcome.ok:
             self.store.delete(entry.storage_key)
@@ -431,16 +435,16 @@ class DicomIngest:
         origin: Origin,
         reason: str,
         problem: str | None,
-        ds: Dataset | None,
+        head: Header | None,
         *,
         failed: bool = False,
         sop_uid: str | None = None,
         sop_class: str | None = None,
     ) -> Outcome:
-        """Quarantine the object at ``path``; its UIDs from ``ds`` when it could be read, else
-        as the caller knows them (a C-STORE request's)."""
-        sop_uid = sop_uid or _text(ds, "SOPInstanceUID")
-        sop_class = sop_class or _text(ds, "SOPClassUID")
+        """Quarantine the object at ``path``; its UIDs from its header when it could be read,
+        else as the caller knows them (a C-STORE request's)."""
+        sop_uid = sop_uid or _text(head, "SOPInstanceUID")
+        sop_class = sop_class or _text(head, "SOPClassUID")
         entry = quarantine.put(
             self.records.engine,
             self.store,
@@ -468,30 +472,32 @@ class DicomIngest:
 IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed from memory
 
 
-def _read(path: Path) -> tuple[Dataset, tuple[int, str] | None]:
-    """The header (all but the pixel data). An object of at most ``IN_MEMORY`` bytes is read in
-    one call and parsed from memory: pydicom asks its file for its position at every element,
-    a system call each (some 270 for a small CT), and each call lets the interpreter's other
-    threads in; with several associations at once that cost more than the parsing. Such an
-    object's header is read by ``dicom.header`` (the elements filing needs, a third of
-    pydicom's time) unless it is unusual or an ECG, whose waveform is mapped whole. With the
-    header comes the object's size and SHA-256 when it was read whole (else None)."""
+def _read(path: Path) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
+    """(the header, an ECG's dataset, the object's size and SHA-256 when it was read whole).
+
+    An object of at most ``IN_MEMORY`` bytes is read in one call: its header is read straight
+    from the bytes (``dicom.header.quick``) when it is plain, else parsed by pydicom from
+    memory (the elements filing needs, ``dicom.header.read``, or all of it when unusual). An
+    ECG is read whole by pydicom, its waveform mapped; a larger object from its file."""
     try:
         with open(path, "rb") as f:
             data = f.read(IN_MEMORY + 1)
-        ds = header.read(data) if len(data) <= IN_MEMORY else None
+        whole = len(data) <= IN_MEMORY
+        measured = (len(data), hashlib.sha256(data).hexdigest()) if whole else None
+        found = header.quick(data) if whole else None
+        if found is not None and found["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
+            return found, None, measured
+        ds = header.read(data) if whole else None
         if ds is None or ecg.is_ecg(ds):
-            source: Any = BytesIO(data) if len(data) <= IN_MEMORY else path
-            ds = dcmread(source, stop_before_pixels=True)
+            ds = dcmread(BytesIO(data) if whole else path, stop_before_pixels=True)
         charsets.fix_dataset(ds)
         ds.get("PatientName")  # decodes lazily: fail here, not later
-        whole = len(data) <= IN_MEMORY
-        return ds, (len(data), hashlib.sha256(data).hexdigest()) if whole else None
+        return header.of_dataset(ds), ds if ecg.is_ecg(ds) else None, measured
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise Refusal(f"the dataset cannot be read: {exc}"[:500], "unreadable") from None
 
 
-def _check(ds: Dataset, sop_class: str | None) -> None:
+def _check(head: Header, sop_class: str | None) -> None:
     missing = [
         f"{k} {t}"
         for k, t in (
@@ -500,17 +506,17 @@ def _check(ds: Dataset, sop_class: str | None) -> None:
             ("StudyInstanceUID", "(0020,000D)"),
             ("SeriesInstanceUID", "(0020,000E)"),
         )
-        if not str(ds.get(k, "") or "").strip()
+        if not (head[k] or "").strip()
     ]
     if missing:
         raise Refusal(f"required UID missing: {', '.join(missing)}", "missing")
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
-        value = str(ds.get(keyword))
+        value = str(head[keyword])
         if len(value) > 64 or not UID.fullmatch(value):
             raise Refusal(f"{keyword} '{value[:70]}' is not a valid UID", "mismatch")
-    if sop_class and str(ds.SOPClassUID) != sop_class:
+    if sop_class and head["SOPClassUID"] != sop_class:
         raise Refusal(
-            f"the dataset's SOP Class UID {ds.SOPClassUID} is not the one of the request "
+            f"the dataset's SOP Class UID {head['SOPClassUID']} is not the one of the request "
             f"({sop_class})",
             "mismatch",
         )
@@ -520,21 +526,18 @@ def _series_uids(study: Stored) -> set[str]:
     return {s.get("uid") for s in study.json().get("series", [])}
 
 
-def _text(ds: Dataset | None, keyword: str) -> str | None:
-    if ds is None:
+def _text(head: Header | None, keyword: str) -> str | None:
+    if head is None:
         return None
-    value = str(ds.get(keyword, "") or "").strip()
+    value = (head[keyword] or "").strip()
     return value[:64] or None
 
 
-def patient_identifiers(ds: Dataset, origin: Origin) -> list[dict[str, Any]]:
+def patient_identifiers(head: Header, origin: Origin) -> list[dict[str, Any]]:
     """PatientID (with IssuerOfPatientID, else the sending clinic, as the namespace) and the
     resident identity number wherever it appears (PatientID or OtherPatientIDsSequence)."""
     out: list[dict[str, Any]] = []
-    codecs = charsets.codecs_of(ds)
-    namespace = (
-        charsets.decode_text(ds, "IssuerOfPatientID", codecs) or origin.organization or "unknown"
-    )
+    namespace = head["IssuerOfPatientID"] or origin.organization or "unknown"
 
     def add(value: str | None, issuer: str) -> None:
         value = (value or "").strip()
@@ -547,10 +550,9 @@ def patient_identifiers(ds: Dataset, origin: Origin) -> list[dict[str, Any]]:
         if ident not in out:
             out.append(ident)
 
-    add(charsets.decode_text(ds, "PatientID", codecs), namespace)
-    for item in ds.get("OtherPatientIDsSequence", []) or []:
-        issuer = charsets.decode_text(item, "IssuerOfPatientID") or namespace
-        add(charsets.decode_text(item, "PatientID"), issuer)
+    add(head["PatientID"], namespace)
+    for patient_id, issuer in head.other_ids:
+        add(patient_id, issuer or namespace)
     return out
 
 
@@ -564,9 +566,9 @@ def _is_resident_id(value: str) -> bool:
     return True
 
 
-def patient_body(ds: Dataset, identifiers: list[dict[str, Any]], origin: Origin) -> dict[str, Any]:
+def patient_body(head: Header, identifiers: list[dict[str, Any]], origin: Origin) -> dict[str, Any]:
     body: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers}
-    name = charsets.person_name(ds, "PatientName")
+    name = charsets.name_of(head["PatientName"])
     if name is not None:
         names = []
         if name.ideographic:
@@ -574,11 +576,10 @@ def patient_body(ds: Dataset, identifiers: list[dict[str, Any]], origin: Origin)
         if name.alphabetic:
             names.append(_human_name(name.alphabetic, "usual" if names else "official"))
         body["name"] = [n for n in names if n]
-    birth = str(ds.get("PatientBirthDate", "") or "")
-    when = fhir_datetime(birth, None, "")
+    when = fhir_datetime(head["PatientBirthDate"] or "", None, "")
     if when:
         body["birthDate"] = when
-    sex = SEX.get(str(ds.get("PatientSex", "") or "").upper())
+    sex = SEX.get((head["PatientSex"] or "").upper())
     if sex:
         body["gender"] = sex
     if origin.organization:
