@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -130,6 +133,7 @@ class DicomIngest:
         self._devices: dict[str, tuple[float, str | None]] = {}  # AE -> (when, Organization id)
         # objects are made durable here while the writer runs their unit (``_file``)
         self._placing = ThreadPoolExecutor(PLACERS, thread_name_prefix="dicom-place")
+        self._filing = KeyedLocks()
 
     # -- who is calling ---------------------------------------------------------------------
 
@@ -175,7 +179,8 @@ class DicomIngest:
         try:
             head, ecg_ds, measured = _read(path)
             _check(head, sop_class)
-            return self._file(path, head, origin, measured, ecg_ds)
+            with self._filing.hold(str(head["SOPInstanceUID"])):
+                return self._file(path, head, origin, measured, ecg_ds)
         except Refusal as refusal:
             return self._quarantine(path, origin, refusal.reason, refusal.problem, head)
         except Exception as exc:  # noqa: BLE001 - our fault: keep the object, say so
@@ -192,7 +197,11 @@ class DicomIngest:
         ecg_ds: Dataset | None,
     ) -> Outcome:
         """``measured``: the object's size and SHA-256 when the caller has them already;
-        ``ecg_ds``: an ECG's dataset, whose waveform is mapped."""
+        ``ecg_ds``: an ECG's dataset, whose waveform is mapped. The caller holds the SOP
+        Instance UID's turn (``_filing``): two filings of one UID at once with different
+        content (a device sending again while the first is still being filed) would both place
+        their file, and the one refused as a conflict would take the stored object's file with
+        it."""
         sop_uid, study_uid = str(head["SOPInstanceUID"]), str(head["StudyInstanceUID"])
         series_uid, sop_class = str(head["SeriesInstanceUID"]), str(head["SOPClassUID"])
         key = f"studies/{study_uid}/{series_uid}/{sop_uid}.dcm"
@@ -419,7 +428,8 @@ class DicomIngest:
         try:
             head, ecg_ds, measured = _read(work)
             _check(head, None)
-            outcome = self._file(work, head, origin, measured, ecg_ds)
+            with self._filing.hold(str(head["SOPInstanceUID"])):
+                outcome = self._file(work, head, origin, measured, ecg_ds)
         except Refusal as refusal:
             work.unlink(missing_ok=True)
             quarantine.settle(self.records.engine, qid, released=False, reason=refusal.reason)
@@ -520,6 +530,28 @@ def _check(head: Header, sop_class: str | None) -> None:
             f"({sop_class})",
             "mismatch",
         )
+
+
+class KeyedLocks:
+    """A lock per key, kept for as long as someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._held.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                users[0] -= 1
+                if not users[0]:
+                    del self._held[key]
 
 
 def _series_uids(study: Stored) -> set[str]:

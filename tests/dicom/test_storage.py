@@ -117,3 +117,53 @@ def test_spare_files_are_made_ahead_and_each_is_taken_once(tmp_path: Path) -> No
     assert len(taken) == 20 and first not in taken
     spares.stop()
     assert set(tmp_path.iterdir()) == taken | {first}  # ready ones removed; taken ones kept
+
+
+def test_one_instance_sent_twice_at_once_with_other_content_keeps_the_stored_object(
+    demo: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two filings of one SOP Instance UID at the same moment, with different bytes: one is
+    stored, the other refused as a conflict, and the stored object's file is the one its index
+    row describes (both placing their file at once used to leave none)."""
+    import hashlib
+    import threading
+
+    sop_uid = generate_uid()
+    paths = []
+    for n, description in enumerate(("first", "second")):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.StudyDescription = description
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    put_file, both_placing = demo.dicom.store.put_file, threading.Barrier(2, timeout=1)
+
+    def placing_together(key: str, source: Path) -> None:
+        try:
+            both_placing.wait()  # without one filing at a time, both get here
+        except threading.BrokenBarrierError:
+            pass
+        put_file(key, source)
+
+    monkeypatch.setattr(demo.dicom.store, "put_file", placing_together)
+    origin = Origin("dicom", "XINGFU_CT", "127.0.0.1:1", "XINGFU-THC")
+    outcomes: list[object] = []
+    threads = [
+        threading.Thread(target=lambda p=p: outcomes.append(demo.dicom.file(p, origin)))
+        for p in paths
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(o.status for o in outcomes) == [0x0000, 0xC001]  # type: ignore[attr-defined]
+    with demo.engine.connect() as conn:
+        [(key, digest)] = conn.execute(
+            select(schema.dicom_instance.c.storage_key, schema.dicom_instance.c.digest).where(
+                schema.dicom_instance.c.sop_uid == sop_uid
+            )
+        ).all()
+    stored = demo.dicom.store.path(key)
+    assert stored.exists(), "the stored object's file is gone"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+    assert not demo.dicom._filing._held  # no lock kept for a UID nobody files any more
