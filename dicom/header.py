@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.tag import Tag
@@ -157,6 +157,8 @@ def _quick(
     numbers: dict[str, int | None] = {}
     for keyword in NUMBERS:
         value = _text(elements.get(_TAGS[keyword]), "IS", codec, implicit)
+        if value is not None and len(value) > 15:  # pydicom goes through a float
+            raise _Unusual
         numbers[keyword] = int(value) if value is not None else None
     syntax = bytes(meta[0x00020010].value or b"").rstrip(b"\x00 ").decode("ascii")
     return Header(syntax, text, numbers)
@@ -170,8 +172,8 @@ def _text(element: RawDataElement | None, vr: str, codec: str, implicit: bool) -
     if not implicit and element.VR != vr:
         raise _Unusual
     raw = bytes(element.value or b"")
-    if b"\\" in raw:
-        raise _Unusual
+    if b"\\" in raw or b"\x1b" in raw or b"\x00" in raw.rstrip(b"\x00 "):
+        raise _Unusual  # several values, escape sequences, NULs but as padding: pydicom's
     if vr in ("PN", "LO", "SH"):
         value = raw.decode(codec).rstrip("\0 ")
         if vr == "PN":
@@ -289,7 +291,9 @@ def _walk(
             if depth == 0:
                 raise _Unusual
             return pos + 8
-        if wanted is not None and tag >= PIXELS:
+        if wanted is not None and (group == 0xFFFE or tag >= PIXELS):
+            if group == 0xFFFE:  # an item or delimiter outside any sequence
+                raise _Unusual
             return pos
         start = pos + header
         if length == UNDEFINED:
@@ -302,6 +306,8 @@ def _walk(
         pos = start + length
         if pos > size:
             raise _Unusual
+        if vr == b"SQ" or (implicit and _is_sequence(tag)):  # pydicom reads its items
+            _items(buf, start, pos, implicit, depth + 1)
         if wanted is not None and tag in WANTED:
             name = vr.decode() if vr is not None else None
             wanted[tag] = RawDataElement(
@@ -327,13 +333,47 @@ def _sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
             return pos + 8
         if tag != ITEM:
             raise _Unusual
-        pos += 8
-        if length == UNDEFINED:
-            pos = _walk(buf, pos, len(buf) + 1, implicit, None, depth)
-        else:
-            if pos + length > len(buf):
-                raise _Unusual
-            pos += length
+        pos = _item(buf, pos + 8, length, len(buf), implicit, depth)
+
+
+def _items(buf: bytes, pos: int, end: int, implicit: bool, depth: int) -> None:
+    """Walk the items of a sequence of defined length, from ``pos`` to ``end``."""
+    if depth > MAX_DEPTH:
+        raise _Unusual
+    while pos < end:
+        if pos + 8 > end:
+            raise _Unusual
+        group, number, length = _IMPLICIT.unpack_from(buf, pos)
+        if (group << 16) | number != ITEM:
+            raise _Unusual
+        pos = _item(buf, pos + 8, length, end, implicit, depth)
+    if pos != end:
+        raise _Unusual
+
+
+def _item(buf: bytes, pos: int, length: int, end: int, implicit: bool, depth: int) -> int:
+    """Walk one item's elements (its length, or up to its end marker); returns what follows."""
+    if length == UNDEFINED:
+        return _walk(buf, pos, len(buf) + 1, implicit, None, depth)
+    if pos + length > end:
+        raise _Unusual
+    return _walk(buf, pos, pos + length, implicit, None, depth)
+
+
+_SEQUENCES: dict[int, bool] = {}
+
+
+def _is_sequence(tag: int) -> bool:
+    """Whether pydicom takes the public element ``tag`` of an implicit VR dataset for a
+    sequence (a private one it keeps as bytes)."""
+    known = _SEQUENCES.get(tag)
+    if known is None:
+        try:
+            known = not (tag >> 16) & 1 and dictionary_VR(tag) == "SQ"
+        except KeyError:
+            known = False
+        _SEQUENCES[tag] = known
+    return known
 
 
 def _encodings(charset: object) -> str | list[str]:

@@ -135,6 +135,10 @@ class DicomIngest:
         self._placing = ThreadPoolExecutor(PLACERS, thread_name_prefix="dicom-place")
         self._filing = KeyedLocks()
 
+    def close(self) -> None:
+        """Stop the placing threads (after the listeners have stopped)."""
+        self._placing.shutdown(wait=True)
+
     # -- who is calling ---------------------------------------------------------------------
 
     def organization_of_ae(self, ae_title: str) -> str | None:

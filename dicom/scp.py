@@ -321,10 +321,11 @@ def _receive_into(folder: Path) -> None:
     with ``NamedTemporaryFile`` and takes no folder, so its module's name is pointed at one
     that has it. Leftovers of a crash mid-receive (never answered) are removed."""
     left = [p for p in folder.glob(f"{RECEIVING}*.dcm") if p.is_file()]
+    received = [p for p in left if p.stat().st_size]  # the others are spares never used
     for path in left:
         path.unlink(missing_ok=True)
-    if left:
-        log.info("removed %d objects left half-received by a crash", len(left))
+    if received:
+        log.info("removed %d objects left half-received by a crash", len(received))
     dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
         tempfile.NamedTemporaryFile, dir=folder, prefix=RECEIVING
     )

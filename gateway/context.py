@@ -122,6 +122,7 @@ class Context:
         if isinstance(self.hl7.stager, StagingPool):
             self.hl7.stager.close()
         self.hl7.close()
+        self.dicom.close()
         self.engine.dispose()
 
 

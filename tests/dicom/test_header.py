@@ -245,3 +245,70 @@ def test_text_of_every_kind_reads_as_pydicom_reads_it(charset: str | None, synta
             read_here += 1
             assert quick == header.of_dataset(fix_dataset(pydicom_reads(data))), repr(text)  # type: ignore[arg-type]
     assert read_here >= len(NASTY) // 2
+
+
+def explicit(tag: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:
+    size = len(value) if length is None else length
+    if vr in header.LONG_VRS:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, size) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, size) + value
+
+
+def with_elements(*elements: bytes) -> bytes:
+    """A plain explicit VR file (the sample's File Meta Information) of ``elements``."""
+    meta = part10(sample(), ExplicitVRLittleEndian)
+    end = meta.index(b"\x08\x00\x16\x00")  # the dataset's first element, SOP Class UID
+    return meta[:end] + b"".join(elements)
+
+
+UIDS = (
+    explicit(0x00080016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\x00"),
+    explicit(0x00080018, b"UI", b"1.2.3.4\x00"),
+)
+STUDY = (
+    explicit(0x0020000D, b"UI", b"1.2.3\x00"),
+    explicit(0x0020000E, b"UI", b"1.2.3.1\x00"),
+)
+END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # sequence delimitation item
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            with_elements(*UIDS, explicit(0x00100020, b"LO", b"\x1b(BP1 "), *STUDY),
+            id="an escape sequence pydicom removes",
+        ),
+        pytest.param(
+            with_elements(explicit(0x00080016, b"UI", b"\x001.2.840.10008.5.1.4.1.1.7"), *STUDY),
+            id="a NUL before a UID",
+        ),
+        pytest.param(
+            with_elements(*UIDS, *STUDY, explicit(0x00200013, b"IS", b"99999999999999999999")),
+            id="an integer string pydicom reads through a float",
+        ),
+        pytest.param(
+            with_elements(*UIDS, END, explicit(0x00100010, b"PN", b"Zhang"), *STUDY),
+            id="a delimiter outside any sequence",
+        ),
+        pytest.param(
+            with_elements(
+                *UIDS,
+                explicit(0x00091001, b"SQ", b"", length=0xFFFFFFFF),
+                b"\xfe\xff\x00\xe0\x08\x00\x00\x00",  # an item of 8 bytes
+                explicit(0x00091010, b"LO", b"", length=20),  # whose element runs past it
+                END,
+                explicit(0x00100010, b"PN", b"AAAA"),
+                explicit(0x00100011, b"OB", b"", length=20),
+                END,
+                explicit(0x00100010, b"PN", b"BBBB"),
+                *STUDY,
+            ),
+            id="an item whose element runs past its end",
+        ),
+    ],
+)
+def test_what_pydicom_reads_another_way_is_left_to_it(data: bytes) -> None:
+    """Cases a review found where the quick reading differed from pydicom's: they are left to
+    pydicom, whose reading (or refusal) then decides."""
+    assert header.quick(data) is None
