@@ -124,8 +124,9 @@ def of_dataset(ds: Dataset) -> Header:
         (charsets.decode_text(item, "PatientID"), charsets.decode_text(item, "IssuerOfPatientID"))
         for item in ds.get("OtherPatientIDsSequence", []) or []
     )
+    meta = getattr(ds, "file_meta", None)
     return Header(
-        str(ds.file_meta.get("TransferSyntaxUID", "")) if "file_meta" in ds.__dict__ else "",
+        str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
         {keyword: charsets.decode_text(ds, keyword, codecs) for keyword in TEXT},
         {keyword: _integer(ds.get(keyword)) for keyword in NUMBERS},
         others,
@@ -137,15 +138,14 @@ def quick(data: bytes) -> Header | None:
     ``of_dataset`` gives after pydicom read it, when that is plain: a file ``read`` can walk,
     a character set of one codec, single values, no Other Patient IDs. Else None."""
     try:
-        meta, elements, implicit = _elements(bytes(data))
-        return _quick(meta, elements, implicit)
+        _, elements, syntax = _elements(bytes(data))
+        return _quick(elements, syntax)
     except (_Unusual, struct.error, UnicodeDecodeError, ValueError):
         return None
 
 
-def _quick(
-    meta: dict[int, RawDataElement], elements: dict[int, RawDataElement], implicit: bool
-) -> Header:
+def _quick(elements: dict[int, RawDataElement], syntax: str) -> Header:
+    implicit = syntax == IMPLICIT_LE
     charset = elements.get(0x00080005)
     name = bytes(charset.value or b"").decode("ascii").strip("\0 ") if charset else ""
     codec = ONE_CODEC.get(name)
@@ -160,7 +160,6 @@ def _quick(
         if value is not None and len(value) > 15:  # pydicom goes through a float
             raise _Unusual
         numbers[keyword] = int(value) if value is not None else None
-    syntax = bytes(meta[0x00020010].value or b"").rstrip(b"\x00 ").decode("ascii")
     return Header(syntax, text, numbers)
 
 
@@ -196,9 +195,10 @@ def read(data: bytes) -> Dataset | None:
     ``stop_before_pixels`` (its File Meta Information whole), or None when pydicom must read
     it."""
     try:
-        meta, elements, implicit = _elements(bytes(data))
+        meta, elements, syntax = _elements(bytes(data))
     except (_Unusual, struct.error, UnicodeDecodeError):
         return None
+    implicit = syntax == IMPLICIT_LE
     ds = Dataset({Tag(t): e for t, e in elements.items()})
     ds.file_meta = FileMetaDataset({Tag(t): e for t, e in meta.items()})
     charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
@@ -208,8 +208,9 @@ def read(data: bytes) -> Dataset | None:
 
 def _elements(
     buf: bytes,
-) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement], bool]:
-    """(File Meta Information, the wanted elements, implicit VR?) of a plain Part 10 file."""
+) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement], str]:
+    """(File Meta Information, the wanted elements, transfer syntax UID) of a plain Part 10
+    file."""
     if len(buf) < 144 or buf[128:132] != b"DICM":
         raise _Unusual
     meta, pos = _file_meta(buf)
@@ -219,10 +220,9 @@ def _elements(
     syntax = bytes(syntax_element.value or b"").rstrip(b"\x00 ").decode("ascii")
     if syntax == BIG_ENDIAN or syntax in DEFLATED:
         raise _Unusual
-    implicit = syntax == IMPLICIT_LE
     elements: dict[int, RawDataElement] = {}
-    _walk(buf, pos, len(buf), implicit, elements, 0)
-    return meta, elements, implicit
+    _walk(buf, pos, len(buf), syntax == IMPLICIT_LE, elements, 0)
+    return meta, elements, syntax
 
 
 def _file_meta(buf: bytes) -> tuple[dict[int, RawDataElement], int]:

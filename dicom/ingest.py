@@ -502,11 +502,15 @@ def _read(path: Path) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
         if found is not None and found["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
             return found, None, measured
         ds = header.read(data) if whole else None
-        if ds is None or ecg.is_ecg(ds):
+        is_ecg = ds is not None and ecg.is_ecg(ds)
+        if ds is None or is_ecg:
             ds = dcmread(BytesIO(data) if whole else path, stop_before_pixels=True)
+            is_ecg = ecg.is_ecg(ds)
         charsets.fix_dataset(ds)
-        ds.get("PatientName")  # decodes lazily: fail here, not later
-        return header.of_dataset(ds), ds if ecg.is_ecg(ds) else None, measured
+        # decodes every value filing reads (the names too): a value that cannot be read fails
+        # here, not later
+        head = header.of_dataset(ds)
+        return head, ds if is_ecg else None, measured
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise Refusal(f"the dataset cannot be read: {exc}"[:500], "unreadable") from None
 

@@ -3,11 +3,12 @@
 Ingest listeners hand their writes to one writer thread. Under load the writer takes every unit
 waiting (up to ``max_batch``), runs each inside a SAVEPOINT, and commits once; when nothing is
 being written or waiting, a thread that submits writes its own unit (still one writer at a
-time: they take turns on ``_writing``). Each caller gets its own result (or its own exception)
-only after the commit. A unit that fails rolls back to its savepoint and does not disturb the
-others; a failed commit fails every unit of the batch, and their callers answer nothing (the
-senders retry). One fsync then covers many messages: on this
-machine's disk a commit costs milliseconds, the writes of a message a fraction of that.
+time: they take turns on ``_writing``), and a batch of one unit needs no SAVEPOINT. Each caller
+gets its own result (or its own exception) only after the commit. A unit that fails rolls back
+to its savepoint and does not disturb the others; a failed commit fails every unit of the
+batch, and their callers answer nothing (the senders retry). One fsync then covers many
+messages: on this machine's disk a commit costs milliseconds, the writes of a message a
+fraction of that.
 
 A unit is either a function of the connection or a ``staging.Staged`` unit prepared before:
 consecutive staged units are checked and written together (see ``records.staging``). What staged
