@@ -16,8 +16,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -28,18 +28,20 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection, select
 
-from dicom import charsets, header, index, quarantine
+from dicom import charsets, header, index, known, quarantine
 from dicom.header import Header
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
+from dicom.readers import Readers
 from dicom.storage import ObjectStore
-from records import db, ids
+from records import db, ids, service
 from records.audit_log import Event, append
 from records.committer import GroupCommitter
 from records.identity import RESIDENT_ID_SYSTEM, parse_resident_id
 from records.provenance import ingest_provenance
-from records.schema import search_token
+from records.schema import dicom_instance, search_token
 from records.service import RecordService
+from records.staging import Staged
 from records.store import Stored
 from security.access import Scope
 from security.principal import Principal, Role
@@ -134,10 +136,15 @@ class DicomIngest:
         # objects are made durable here while the writer runs their unit (``_file``)
         self._placing = ThreadPoolExecutor(PLACERS, thread_name_prefix="dicom-place")
         self._filing = KeyedLocks()
+        self._known = known.Known(records)
+        # worker processes reading arriving objects' headers (``yilian serve``), or none
+        self.readers: Readers | None = None
 
     def close(self) -> None:
-        """Stop the placing threads (after the listeners have stopped)."""
+        """Stop the placing threads and the readers (after the listeners have stopped)."""
         self._placing.shutdown(wait=True)
+        if self.readers is not None:
+            self.readers.close()
 
     # -- who is calling ---------------------------------------------------------------------
 
@@ -181,7 +188,8 @@ class DicomIngest:
         caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE)."""
         head: Header | None = None
         try:
-            head, ecg_ds, measured = _read(path)
+            done = self.readers.read(path) if self.readers is not None else None
+            head, ecg_ds, measured = (done[0], None, done[1]) if done else _read(path)
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):
                 return self._file(path, head, origin, measured, ecg_ds)
@@ -218,6 +226,17 @@ class DicomIngest:
         placed = not self.store.exists(key)
         durable = self._placing.submit(self.store.put_file, key, path) if placed else None
 
+        def row_for(patient_ref: str) -> dict[str, Any]:
+            return index.row(
+                head,
+                storage_key=key,
+                size=size,
+                digest=digest,
+                patient_ref=patient_ref,
+                org_id=origin.organization,
+                calling_ae=origin.calling_ae,
+            )
+
         def work(conn: Connection) -> Outcome:
             outcome = unit(conn)
             if durable is not None:
@@ -247,15 +266,7 @@ class DicomIngest:
                     "the object names a patient outside the sender's reach; it was not filed",
                     "forbidden",
                 )
-            row = index.row(
-                head,
-                storage_key=key,
-                size=size,
-                digest=digest,
-                patient_ref=patient.res_id,
-                org_id=origin.organization,
-                calling_ae=origin.calling_ae,
-            )
+            row = row_for(patient.res_id)
             index.insert(conn, row)
             written = [patient] if created else []
             study = self._find_study(conn, study_uid)
@@ -280,8 +291,11 @@ class DicomIngest:
                 sop_class=sop_class,
             )
 
+        staged = None
+        if placed and ecg_ds is None and origin.reach is None:
+            staged = self._staged(head, origin, who, row_for, durable, work)
         try:
-            outcome: Outcome = self.committer.submit(work)
+            outcome: Outcome = self.committer.submit(staged or work)
         except BaseException:
             if durable is not None:
                 wait([durable])
@@ -296,6 +310,50 @@ class DicomIngest:
                 path.unlink(missing_ok=True)
         log.debug("DICOM %s from %s (%d bytes)", outcome.result, origin.calling_ae, size)
         return outcome
+
+    def _staged(
+        self,
+        head: Header,
+        origin: Origin,
+        who: Principal,
+        row_for: Callable[[str], dict[str, Any]],
+        durable: Future[Any] | None,
+        work: Callable[[Connection], Outcome],
+    ) -> Staged[Outcome] | None:
+        """The unit of an instance of a study and series the record holds, of a patient it
+        knows, staged (``dicom.known``): its index row and audit record, written by the writer
+        with others' once it checked their ground; ``work`` when that ground moved. None when
+        the record lacks what it files under (``work`` creates it)."""
+        study_uid, series_uid = str(head["StudyInstanceUID"]), str(head["SeriesInstanceUID"])
+        patient_keys = service.patient_keys(patient_identifiers(head, origin))
+        study_key = ("ImagingStudy", *study_identifier(study_uid))
+        found = known.ground(self._known, patient_keys, study_key, series_uid)
+        if found is None:
+            return None
+        row = row_for(found.patient_id)
+        study_ref = f"ImagingStudy/{found.study_id}"
+        outcome = Outcome(
+            STORED,
+            row["sop_uid"],
+            study_uid,
+            resources=[study_ref],
+            series_uid=series_uid,
+            sop_class=row["sop_class"],
+        )
+
+        def fallback(conn: Connection) -> Outcome:
+            self._known.forget(list(found.expect))
+            return work(conn)
+
+        return Staged(
+            outcome,
+            fallback=fallback,
+            expect=found.expect,
+            extra={dicom_instance.name: [row]},
+            claims=[(dicom_instance.name, row["sop_uid"])],
+            audit=[(who, Event.touching("dicom-store", [(study_ref, found.patient_id)]))],
+            ready=durable.result if durable is not None else None,
+        )
 
     # -- the record ----------------------------------------------------------------------------
 

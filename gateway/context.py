@@ -11,7 +11,8 @@ from sqlalchemy import Engine
 from adapters.hl7v2.ingest import Hl7Ingest
 from adapters.hl7v2.ingest import Settings as IngestSettings
 from adapters.hl7v2.workers import StagingPool
-from dicom.ingest import DicomIngest
+from dicom.ingest import IN_MEMORY, DicomIngest
+from dicom.readers import Readers
 from dicom.storage import FileStore
 from gateway.settings import Settings
 from records import db
@@ -86,6 +87,8 @@ class Context:
             committer,
             default_tz=settings.hl7_default_tz,
         )
+        if serving and settings.resolved_dicom_readers:
+            dicom.readers = Readers(settings.resolved_dicom_readers, IN_MEMORY)
         workers = settings.resolved_hl7_workers if serving else 0
         if workers:
             hl7.stager = StagingPool(

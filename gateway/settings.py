@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Processes that parse and map HL7 v2 beside the gateway's own (None: one per CPU when
     # there are several; 0: none, everything in the gateway's process).
     hl7_workers: int | None = Field(default=None, ge=0, le=64)
+    # Processes that read arriving DICOM objects' headers beside the gateway's own (None: one
+    # per CPU when there are several; 0: none).
+    dicom_readers: int | None = Field(default=None, ge=0, le=64)
 
     # Remote diagnosis. Routing rules (TOML, see deploy/routing.example.toml; empty: any
     # hospital department on duty). Delivery to other members: threads of this process taking
@@ -102,6 +105,13 @@ class Settings(BaseSettings):
             and ":memory:" in self.resolved_database_url
         ):
             return 0
+        cpus = os.cpu_count() or 1
+        return cpus if cpus > 1 else 0
+
+    @property
+    def resolved_dicom_readers(self) -> int:
+        if self.dicom_readers is not None:
+            return self.dicom_readers
         cpus = os.cpu_count() or 1
         return cpus if cpus > 1 else 0
 

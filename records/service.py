@@ -805,12 +805,7 @@ class RecordService:
         """The live Patient carrying one of ``body``'s identifiers (the resident identity number
         first), else ``body`` created: (patient, created). Writers racing on the same person
         take turns on the identifiers (PostgreSQL), so they file under one Patient."""
-        keys = [
-            ("Patient", i["system"], i["value"])
-            for i in body.get("identifier", [])
-            if i.get("system") and i.get("value")
-        ]
-        keys.sort(key=lambda k: k[1] != identity.RESIDENT_ID_SYSTEM)  # strongest first
+        keys = patient_keys(body.get("identifier", []))
         db.lock_keys(conn, [f"patient:{k[1]}|{k[2]}" for k in keys])
         found = self.find_by_identifiers(conn, keys)
         for key in keys:
@@ -959,3 +954,15 @@ def _audit_filter(flt: query.Filter):  # type: ignore[no-untyped-def]
             *[query._date_condition(a.recorded, a.recorded, v, flt.name) for v in flt.values]
         )
     raise Invalid(f"AuditEvent cannot be searched by {flt.name}")
+
+
+def patient_keys(identifiers: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The identifier keys a Patient is found by (``patient_by_identifiers``), the strongest
+    (the resident identity number) first."""
+    keys = [
+        ("Patient", i["system"], i["value"])
+        for i in identifiers
+        if i.get("system") and i.get("value")
+    ]
+    keys.sort(key=lambda k: k[1] != identity.RESIDENT_ID_SYSTEM)
+    return keys

@@ -8,9 +8,11 @@ identifier key, the resource it found there and that resource's version, or noth
 write (resource rows, an archive row, audit events). The writer takes a group of them:
 
 1. one query reads every key the group expects; a unit is *stale* when a key now gives another
-   answer, when an earlier unit of the group writes a resource or identifier it read, or when
-   its control ID was seen before (a repeat, or the same ID with other content);
-2. the units before the first stale one are written together, one statement per table;
+   answer, when an earlier unit of the group writes a resource or identifier it read, when
+   its control ID was seen before (a repeat, or the same ID with other content), or when a
+   primary key it claims (a DICOM SOP Instance UID) is taken;
+2. the units before the first stale one are written together, one statement per table, and
+   each unit's ``ready`` is waited for before the commit (a DICOM object made durable);
 3. a stale unit fails with ``StaleSnapshot`` when its caller can prepare it again from a new
    snapshot (``retry``: cheaper where preparing runs in other processes), else it runs its
    ``fallback`` (the one-at-a-time path, which reads and decides again inside the
@@ -22,14 +24,15 @@ unit never costs the others. The result of a unit is the same whichever path wro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
-from records import audit_log, db, identity, inbound, store
+from records import audit_log, bulk, db, identity, inbound, store
 from records.audit_log import Event
+from records.schema import metadata
 from security.principal import Principal
 
 T = TypeVar("T")
@@ -56,6 +59,12 @@ class Staged(Generic[T]):
     archive: dict[str, Any] | None = None  # an inbound_message row to insert
     audit: list[tuple[Principal, Event]] = field(default_factory=list)
     retry: bool = False  # stale: raise StaleSnapshot instead of running the fallback
+    # rows of other tables (by table name) written with the unit: a DICOM index row
+    extra: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    claims: list[tuple[str, str]] = field(default_factory=list)  # (table, primary key) free
+    # waited for once the rows are written, before the commit; what it raises fails the group
+    # (each unit then runs its fallback)
+    ready: Callable[[], Any] | None = None
 
     def writes(self) -> tuple[set[Key], set[str]]:
         """The identifier keys and resource ids ("Type/id") this unit writes."""
@@ -73,6 +82,7 @@ def holding(conn: Connection, units: list[Staged[Any]]) -> int:
     now = store.versions_by_identifiers(conn, keys)
     controls = {u.control for u in units if u.control}
     seen = inbound.control_ids_seen(conn, controls)
+    taken = _taken(conn, {c for u in units for c in u.claims})
     written_keys: set[Key] = set()
     written_ids: set[str] = set()
     for n, unit in enumerate(units):
@@ -84,8 +94,11 @@ def holding(conn: Connection, units: list[Staged[Any]]) -> int:
                 return n
         if unit.control and unit.control in seen:
             return n
+        if taken.intersection(unit.claims):
+            return n
         if unit.control:
             seen.add(unit.control)
+        taken.update(unit.claims)
         keys_written, ids_written = unit.writes()
         written_keys |= keys_written
         written_ids |= ids_written
@@ -99,6 +112,29 @@ def write(conn: Connection, units: list[Staged[Any]]) -> None:
         rows.extend(unit.rows)
     store.flush(conn, rows)
     inbound.insert_rows(conn, [u.archive for u in units if u.archive])
+    extra: dict[str, list[dict[str, Any]]] = {}
+    for unit in units:
+        for table, table_rows in unit.extra.items():
+            extra.setdefault(table, []).extend(table_rows)
+    for table, table_rows in extra.items():
+        bulk.insert_rows(conn, metadata.tables[table], table_rows)
     events = [event for u in units for event in u.audit]
     if events:
         audit_log.append_many(conn, events)
+    for unit in units:
+        if unit.ready is not None:
+            unit.ready()
+
+
+def _taken(conn: Connection, claims: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (table, primary key) already have a row: one query per table."""
+    by_table: dict[str, list[str]] = {}
+    for table, key in claims:
+        by_table.setdefault(table, []).append(key)
+    out: set[tuple[str, str]] = set()
+    for name, keys in by_table.items():
+        (column,) = metadata.tables[name].primary_key.columns
+        marks = ", ".join([bulk.mark(conn)] * len(keys))
+        sql = f"SELECT {column.name} FROM {name} WHERE {column.name} IN ({marks})"
+        out |= {(name, str(row[0])) for row in bulk.fetch_all(conn, sql, tuple(keys))}
+    return out

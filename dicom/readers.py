@@ -1,0 +1,141 @@
+"""Reading arriving objects' headers in processes of their own, so filing uses both cores.
+
+Filing a small instance holds the interpreter's lock about two milliseconds, and reading its
+header and hashing its bytes was the largest single share of that (a CT carries some 250
+elements to walk past). Four associations at once then went no faster than the lock allowed,
+with the second core half idle. ``Readers`` keeps a few worker processes that each take the path
+of an object that has arrived whole, read it, hash it and read its header
+(``dicom.header.quick``), and answer the header with the object's size and SHA-256; the thread
+filing the object waits for the answer without holding the lock, and everything that decides
+(the checks, the unit, the status) stays in the gateway's process.
+
+A worker answers None for what it does not read (an object over ``ingest.IN_MEMORY``, an
+unusual header, an ECG, a file it cannot open): the gateway's process reads that one itself,
+as it always did. A worker that dies is replaced and the object is read in the gateway's
+process: the sender never notices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import pickle
+import queue
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from dicom import header
+from dicom.header import Header
+
+log = logging.getLogger(__name__)
+
+Read = tuple[Header, tuple[int, str]]  # the header, (size, SHA-256)
+WAIT = 5.0  # seconds a thread waits for an idle worker before it reads the object itself
+
+
+def read_whole(path: Path, limit: int) -> Read | None:
+    """The header, size and SHA-256 of the object at ``path`` when it is at most ``limit``
+    bytes and its header plain (``header.quick``), not an ECG; else None."""
+    from dicom.mapping.ecg import ECG_SOP_CLASSES
+
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return None
+    found = header.quick(data)
+    if found is None or found["SOPClassUID"] in ECG_SOP_CLASSES:
+        return None
+    return found, (len(data), hashlib.sha256(data).hexdigest())
+
+
+def _serve(conn: Connection, limit: int) -> None:
+    """A worker: answer each path it is sent, until its pipe closes."""
+    while True:
+        try:
+            path = Path(conn.recv_bytes().decode())
+        except (EOFError, OSError):
+            return
+        try:
+            answer = read_whole(path, limit)
+        except Exception:  # noqa: BLE001 - the gateway's process reads it and says why
+            answer = None
+        conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+class Readers:
+    """``count`` worker processes reading headers (``read``), for any thread."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.limit = limit
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._closed = False
+        for _ in range(count):
+            self._idle.put(self._start())
+
+    def _start(self) -> _Worker:
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_serve, args=(theirs, self.limit), name="dicom-reader", daemon=True
+        )
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        with self._lock:
+            self._workers.append(worker)
+        return worker
+
+    def read(self, path: Path) -> Read | None:
+        """What a worker read of the object at ``path`` (None: read it here)."""
+        if self._closed:
+            return None
+        try:
+            worker = self._idle.get(timeout=WAIT)
+        except queue.Empty:  # every worker busy or being replaced that long: read it here
+            return None
+        try:
+            worker.conn.send_bytes(str(path).encode())
+            answer: Read | None = pickle.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            log.error("a DICOM reader process ended (%s): starting another", type(exc).__name__)
+            self._retire(worker)
+            if not self._closed:
+                self._idle.put(self._start())
+            return None
+        self._idle.put(worker)
+        return answer
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+        worker.conn.close()
+        worker.process.join(1)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
+
+    def close(self) -> None:
+        """Stop the workers (after the listeners have stopped)."""
+        self._closed = True
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            self._retire(worker)
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._workers if w.process.pid is not None]
