@@ -121,8 +121,12 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Job]) -> None:
-        if len(batch) == 1 and not isinstance(batch[0].work, Staged):
-            self._commit_alone(batch[0].work, batch[0].future)
+        if len(batch) == 1:
+            work, future = batch[0].work, batch[0].future
+            if isinstance(work, Staged):
+                self._commit_staged_alone(work, future)
+            else:
+                self._commit_alone(work, future)
             return
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -165,6 +169,31 @@ class GroupCommitter:
         self.batches += 1
         self.units += 1
         _settle(future, True, result)
+
+    def _commit_staged_alone(self, unit: Staged[Any], future: Future[Any]) -> None:
+        """A batch of one staged unit, without a savepoint: when it is stale, its fallback runs
+        in the same transaction; when writing it fails, its fallback runs in another."""
+        try:
+            with self.engine.begin() as conn:
+                if staging.holding(conn, [unit]):
+                    staging.write(conn, [unit])
+                    if self.observe is not None:
+                        self.observe(conn, unit.rows.written)
+                    stale = False
+                else:
+                    stale = True
+        except Exception as exc:  # noqa: BLE001 - the unit goes the one-at-a-time way
+            log.warning("writing a staged unit failed (%s): one at a time", type(exc).__name__)
+            self._commit_alone(_fallback(unit), future)
+            return
+        if not stale:
+            self.batches += 1
+            self.units += 1
+            _settle(future, True, unit.result)
+        elif unit.retry:
+            _settle(future, False, staging.StaleSnapshot())
+        else:
+            self._commit_alone(_fallback(unit), future)
 
     def _write_group(self, conn: Connection, group: list[Staged[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []

@@ -186,3 +186,59 @@ def test_a_staged_instance_the_disk_cannot_keep_is_not_indexed_and_is_quarantine
         ).all()
     assert held == []
     assert [e.sop_uid for e in quarantine.entries(demo.engine)] == [outcome.sop_uid]
+
+
+def test_instances_arriving_together_are_written_in_one_group_and_a_repeat_among_them_is_told(
+    demo: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from sqlalchemy import Connection
+
+    demo.dicom.file(instance(tmp_path, 1), ORIGIN)
+    repeated = instance(tmp_path, 2)
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(repeated.read_bytes())
+    assert demo.dicom.file(repeated, ORIGIN).result == "stored"  # the ground is known now
+    groups: list[list[str]] = []
+    write = staging.write
+
+    def spy(conn: Any, units: list[staging.Staged[Any]]) -> None:
+        write(conn, units)
+        groups.append([r["sop_uid"] for u in units for r in u.extra.get("dicom_instance", [])])
+
+    monkeypatch.setattr(staging, "write", spy)
+    writing, release = threading.Event(), threading.Event()
+
+    def slow(conn: Connection) -> None:  # holds the writer while the others arrive
+        writing.set()
+        assert release.wait(30)
+
+    committer, queued = demo.dicom.committer, threading.Semaphore(0)
+    enqueue = committer.enqueue
+
+    def counted(work: Any) -> Any:
+        future = enqueue(work)
+        queued.release()
+        return future
+
+    monkeypatch.setattr(committer, "enqueue", counted)
+    holder = threading.Thread(target=committer.submit, args=(slow,))
+    holder.start()
+    assert writing.wait(30)
+    paths = [instance(tmp_path, 3), instance(tmp_path, 4), copy]
+    outcomes: dict[Path, Outcome] = {}
+    threads = [
+        threading.Thread(target=lambda p=p: outcomes.update({p: demo.dicom.file(p, ORIGIN)}))
+        for p in paths
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in paths:  # all three wait for the writer
+        assert queued.acquire(timeout=30)
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(30)
+    assert [outcomes[p].result for p in paths] == ["stored", "stored", "repeat"]
+    assert sorted(groups[0]) == sorted(str(outcomes[p].sop_uid) for p in paths[:2])
+    assert len(groups) == 1
