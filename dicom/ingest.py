@@ -189,7 +189,11 @@ class DicomIngest:
         head: Header | None = None
         try:
             done = self.readers.read(path) if self.readers is not None else None
-            head, ecg_ds, measured = (done[0], None, done[1]) if done else _read(path)
+            measured: tuple[int, str] | None
+            if done is not None and done[0]["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
+                head, ecg_ds, measured = done[0], None, done[1]
+            else:  # read here: no worker, or one that left it (an ECG is mapped from pydicom's)
+                head, ecg_ds, measured = _read(path)
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):
                 return self._file(path, head, origin, measured, ecg_ds)

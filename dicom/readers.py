@@ -3,16 +3,18 @@
 Filing a small instance holds the interpreter's lock about two milliseconds, and reading its
 header and hashing its bytes was the largest single share of that (a CT carries some 250
 elements to walk past). Four associations at once then went no faster than the lock allowed,
-with the second core half idle. ``Readers`` keeps a few worker processes that each take the path
-of an object that has arrived whole, read it, hash it and read its header
-(``dicom.header.quick``), and answer the header with the object's size and SHA-256; the thread
-filing the object waits for the answer without holding the lock, and everything that decides
-(the checks, the unit, the status) stays in the gateway's process.
+with the second core half idle. ``Readers`` keeps worker processes (one is enough for four
+associations on two cores; each holds about 70 MB) that each take the path of an object that
+has arrived whole, read it, hash it and read its header (``dicom.header.quick``), and answer the
+header with the object's size and SHA-256; the thread filing the object waits for the answer
+without holding the lock, and everything that decides (the checks, the unit, the status) stays
+in the gateway's process.
 
-A worker answers None for what it does not read (an object over ``ingest.IN_MEMORY``, an
-unusual header, an ECG, a file it cannot open): the gateway's process reads that one itself,
-as it always did. A worker that dies is replaced and the object is read in the gateway's
-process: the sender never notices.
+A worker answers None for what it does not read (an unusual header, a file it cannot open),
+and an object over ``ingest.IN_MEMORY`` is not sent to one: the gateway's process reads that
+one itself, as it always did, and every ECG too (its waveform is mapped from pydicom's
+dataset). A worker that dies is replaced and the object is read in the gateway's process: the
+sender never notices.
 """
 
 from __future__ import annotations
@@ -39,15 +41,13 @@ WAIT = 5.0  # seconds a thread waits for an idle worker before it reads the obje
 
 def read_whole(path: Path, limit: int) -> Read | None:
     """The header, size and SHA-256 of the object at ``path`` when it is at most ``limit``
-    bytes and its header plain (``header.quick``), not an ECG; else None."""
-    from dicom.mapping.ecg import ECG_SOP_CLASSES
-
+    bytes and its header plain (``header.quick``); else None."""
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         return None
     found = header.quick(data)
-    if found is None or found["SOPClassUID"] in ECG_SOP_CLASSES:
+    if found is None:
         return None
     return found, (len(data), hashlib.sha256(data).hexdigest())
 
@@ -99,7 +99,10 @@ class Readers:
 
     def read(self, path: Path) -> Read | None:
         """What a worker read of the object at ``path`` (None: read it here)."""
-        if self._closed:
+        try:
+            if self._closed or path.stat().st_size > self.limit:
+                return None
+        except OSError:  # the gateway's own reading says what is wrong
             return None
         try:
             worker = self._idle.get(timeout=WAIT)

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # there are several; 0: none, everything in the gateway's process).
     hl7_workers: int | None = Field(default=None, ge=0, le=64)
     # Processes that read arriving DICOM objects' headers beside the gateway's own (None: one
-    # per CPU when there are several; 0: none).
+    # when there are several CPUs, it keeps up with four associations on two cores; 0: none).
     dicom_readers: int | None = Field(default=None, ge=0, le=64)
 
     # Remote diagnosis. Routing rules (TOML, see deploy/routing.example.toml; empty: any
@@ -112,8 +112,7 @@ class Settings(BaseSettings):
     def resolved_dicom_readers(self) -> int:
         if self.dicom_readers is not None:
             return self.dicom_readers
-        cpus = os.cpu_count() or 1
-        return cpus if cpus > 1 else 0
+        return 1 if (os.cpu_count() or 1) > 1 else 0
 
     @field_validator("dicom_ae")
     @classmethod

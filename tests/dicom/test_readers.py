@@ -56,17 +56,30 @@ def test_a_worker_reads_the_header_size_and_digest_the_gateway_would(
     assert done[0]["PatientName"] == "王^小东"
 
 
-@pytest.mark.parametrize("name", ["waveform_ecg.dcm", "not-dicom"])
-def test_what_a_worker_does_not_read_is_left_to_the_gateways_process(
-    readers: Readers, tmp_path: Path, name: str
+def test_what_a_worker_cannot_read_is_left_to_the_gateways_process(
+    readers: Readers, tmp_path: Path
 ) -> None:
     path = tmp_path / "object.dcm"
-    if name == "not-dicom":
-        path.write_bytes(b"\0" * 200)
-    else:
-        shutil.copy(sample(name), path)
+    path.write_bytes(b"\0" * 200)
     assert readers.read(path) is None
     assert readers.read(tmp_path / "gone.dcm") is None  # a file it cannot open
+
+
+def test_an_ecg_filed_with_readers_still_becomes_its_waveform_observation(
+    demo: Context, tmp_path: Path
+) -> None:
+    pool = Readers(1, IN_MEMORY)
+    demo.dicom.readers = pool
+    try:
+        path = tmp_path / "ecg.dcm"
+        shutil.copy(sample("waveform_ecg.dcm"), path)
+        outcome = demo.dicom.file(path, ORIGIN)
+    finally:
+        demo.dicom.readers = None
+        pool.close()
+    assert outcome.result == "stored"
+    assert any(r.startswith("Observation/") for r in outcome.resources)
+    assert any(r.startswith("DiagnosticReport/") for r in outcome.resources)
 
 
 def test_an_object_larger_than_read_whole_is_left_to_the_gateways_process(
