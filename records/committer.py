@@ -171,8 +171,8 @@ class GroupCommitter:
         _settle(future, True, result)
 
     def _commit_staged_alone(self, unit: Staged[Any], future: Future[Any]) -> None:
-        """A batch of one staged unit, without a savepoint: when it is stale, its fallback runs
-        in the same transaction; when writing it fails, its fallback runs in another."""
+        """A batch of one staged unit, without a savepoint: when it is stale (and may not be
+        prepared again), or writing it fails, its fallback runs in a transaction of its own."""
         try:
             with self.engine.begin() as conn:
                 if staging.holding(conn, [unit]):
