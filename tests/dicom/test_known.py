@@ -232,9 +232,8 @@ def test_instances_arriving_together_are_written_in_one_group_and_a_repeat_among
         threading.Thread(target=lambda p=p: outcomes.update({p: demo.dicom.file(p, ORIGIN)}))
         for p in paths
     ]
-    for thread in threads:
+    for thread in threads:  # one after the other: the repeat is the last in the queue
         thread.start()
-    for _ in paths:  # all three wait for the writer
         assert queued.acquire(timeout=30)
     release.set()
     for thread in [holder, *threads]:
