@@ -32,7 +32,7 @@ from dicom import charsets, header, index, known, quarantine
 from dicom.header import Header
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
-from dicom.readers import Readers
+from dicom.readers import Read, Readers
 from dicom.storage import ObjectStore
 from records import db, ids, service
 from records.audit_log import Event, append
@@ -189,11 +189,7 @@ class DicomIngest:
         head: Header | None = None
         try:
             done = self.readers.read(path) if self.readers is not None else None
-            measured: tuple[int, str] | None
-            if done is not None and done[0]["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
-                head, ecg_ds, measured = done[0], None, done[1]
-            else:  # read here: no worker, or one that left it (an ECG is mapped from pydicom's)
-                head, ecg_ds, measured = _read(path)
+            head, ecg_ds, measured = _read(path, done)
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):
                 return self._file(path, head, origin, measured, ecg_ds)
@@ -274,7 +270,7 @@ class DicomIngest:
             index.insert(conn, row)
             written = [patient] if created else []
             study = self._find_study(conn, study_uid)
-            if study is None or row["series_uid"] not in _series_uids(study):
+            if study is None or row["series_uid"] not in known.series_uids(study):
                 study = self._write_study(conn, who, study_uid, patient.res_id, study)
                 written.append(study)
             study_ref = f"ImagingStudy/{study.res_id}"
@@ -548,13 +544,18 @@ class DicomIngest:
 IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed from memory
 
 
-def _read(path: Path) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
+def _read(
+    path: Path, done: Read | None = None
+) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
     """(the header, an ECG's dataset, the object's size and SHA-256 when it was read whole).
 
+    ``done``: what a reader process read of it (``dicom.readers``), taken unless it is an ECG.
     An object of at most ``IN_MEMORY`` bytes is read in one call: its header is read straight
     from the bytes (``dicom.header.quick``) when it is plain, else parsed by pydicom from
     memory (the elements filing needs, ``dicom.header.read``, or all of it when unusual). An
     ECG is read whole by pydicom, its waveform mapped; a larger object from its file."""
+    if done is not None and done[0]["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
+        return done[0], None, done[1]
     try:
         with open(path, "rb") as f:
             data = f.read(IN_MEMORY + 1)
@@ -622,10 +623,6 @@ class KeyedLocks:
                 users[0] -= 1
                 if not users[0]:
                     del self._held[key]
-
-
-def _series_uids(study: Stored) -> set[str]:
-    return {s.get("uid") for s in study.json().get("series", [])}
 
 
 def _text(head: Header | None, keyword: str) -> str | None:

@@ -65,12 +65,15 @@ class Known:
                 self._found.pop(key, None)
 
 
+def series_uids(study: Stored) -> frozenset[str]:
+    """The Series Instance UIDs an ImagingStudy lists."""
+    return frozenset(s.get("uid") for s in study.json().get("series", []))
+
+
 def _found(key: Key, stored: Stored | None) -> Found:
     if stored is None:
         return None
-    series: frozenset[str] = frozenset()
-    if key[0] == "ImagingStudy":
-        series = frozenset(s.get("uid") for s in stored.json().get("series", []))
+    series = series_uids(stored) if key[0] == "ImagingStudy" else frozenset()
     return stored.res_id, stored.version, series
 
 
