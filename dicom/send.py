@@ -75,7 +75,7 @@ from pynetdicom import AE, _handlers, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
-from pynetdicom.pdu_primitives import P_DATA, MaximumLengthNotification
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
     GENERAL_STATUS,
@@ -708,11 +708,12 @@ def _association_failure(
     assoc: Association, destination: Destination, watch: _TlsWatch | None, *, connected: bool
 ) -> SendError:
     answer = assoc.acceptor.primitive
-    if assoc.is_rejected and answer is not None:
+    rejection = answer if assoc.is_rejected else _unread_rejection(assoc)
+    if rejection is not None:
         return SendError(
-            f"{destination} rejected the association: {answer.result_str}, "
-            f"{answer.source_str}: {answer.reason_str}",
-            permanent=answer.result != 0x02,  # 0x02: rejected-transient (e.g. busy)
+            f"{destination} rejected the association: {rejection.result_str}, "
+            f"{rejection.source_str}: {rejection.reason_str}",
+            permanent=rejection.result != 0x02,  # 0x02: rejected-transient (e.g. busy)
         )
     if watch is not None and watch.failure is not None:
         return _tls_failure(destination, *watch.failure)
@@ -730,6 +731,19 @@ def _association_failure(
         + ("" if destination.tls else " (does it expect TLS?)"),
         permanent=False,
     )
+
+
+def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """A rejection the DUL thread received but pynetdicom did not read: when the peer rejects
+    and closes at once, the requesting thread can find the socket closed before it looks for
+    the answer, and it then reports a failure to connect."""
+    while True:
+        try:
+            primitive = assoc.dul.to_user_queue.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
 
 
 def _tls_failure(destination: Destination, phase: str, exc: OSError) -> SendError:

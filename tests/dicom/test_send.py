@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import ssl
 import struct
 import subprocess
@@ -16,7 +17,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -229,6 +230,38 @@ def test_an_unknown_called_ae_title_is_a_permanent_rejection(tmp_path: Path) -> 
     assert caught.value.permanent
     assert "rejected the association" in caught.value.reason
     assert "Called AE title not recognised" in caught.value.reason
+
+
+@contextmanager
+def _rejecting_at_once() -> Iterator[int]:
+    """A peer that reads each association request, rejects it and closes the connection at
+    once, as Orthanc does; the port it listens on."""
+    server = socket.create_server(("127.0.0.1", 0))
+    rejection = struct.pack(">BBLBBBB", 0x03, 0, 4, 0, 0x01, 0x01, 0x07)  # called AE unknown
+
+    def serve() -> None:
+        with suppress(OSError):  # the server socket closed: the test is over
+            while True:
+                peer, _ = server.accept()
+                with peer:
+                    length = struct.unpack(">BBL", peer.recv(6, socket.MSG_WAITALL))[2]
+                    peer.recv(length, socket.MSG_WAITALL)
+                    peer.sendall(rejection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    with server:
+        yield server.getsockname()[1]
+
+
+def test_a_rejection_followed_at_once_by_the_close_is_still_a_rejection() -> None:
+    # The requesting thread can find the connection already closed when it looks for the
+    # answer; pynetdicom then reports a failure to connect (about 1 request in 50 here).
+    with _rejecting_at_once() as port:
+        for _ in range(300):
+            with pytest.raises(SendError) as caught:
+                send(samples(), Destination("127.0.0.1", port, "NOT_ORTHANC"))
+            assert caught.value.permanent, caught.value.reason
+            assert "Called AE title not recognised" in caught.value.reason
 
 
 @pytest.mark.parametrize(("tls", "associations"), [(False, 1), (True, 1), (True, 3)])
