@@ -183,13 +183,22 @@ class DicomIngest:
 
     # -- filing --------------------------------------------------------------------------------
 
-    def file(self, path: Path, origin: Origin, *, sop_class: str | None = None) -> Outcome:
+    def file(
+        self,
+        path: Path,
+        origin: Origin,
+        *,
+        sop_class: str | None = None,
+        measured: tuple[int, str] | None = None,
+    ) -> Outcome:
         """File the DICOM file at ``path``; it is moved into the store or into quarantine (the
-        caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE)."""
+        caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE);
+        ``measured``: the file's size and SHA-256 when the caller has them (the lane)."""
         head: Header | None = None
         try:
             done = self.readers.read(path) if self.readers is not None else None
-            head, ecg_ds, measured = _read(path, done)
+            head, ecg_ds, read_measured = _read(path, done)
+            measured = measured or read_measured
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):
                 return self._file(path, head, origin, measured, ecg_ds)

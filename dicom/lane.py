@@ -12,9 +12,11 @@ turns):
 - a P-DATA-TF PDU's command fragments are gathered and read by hand (``dicom.commands``); a
   C-STORE request opens the instance's file in the store's scratch folder, with the file meta
   information pynetdicom writes, and its dataset fragments are written to it as they arrive,
-  never held in memory whatever the PDU length; the last fragment hands the file to the
-  server's ``store`` (the same call pynetdicom's C-STORE event makes) and the answer goes back
-  with its status and error comment; a C-ECHO is answered at once;
+  never held in memory whatever the PDU length, and hashed (SHA-256) as they are written, while
+  they are still in the processor's cache: filing never reads the file back to hash it; the
+  last fragment hands the file, its size and digest to the server's ``store`` (the call
+  pynetdicom's C-STORE event makes, less the digest) and the answer goes back with its status
+  and error comment; a C-ECHO is answered at once;
 - every other PDU (release, abort) goes to pynetdicom as it would have, so the association ends
   exactly as before (events, logs, timers);
 - a transfer that breaks off leaves its partial file for the server to quarantine
@@ -30,6 +32,7 @@ sub-operations) stays wholly with pynetdicom, and so does one whose PDUs someone
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 from collections.abc import Callable
@@ -48,10 +51,14 @@ VERIFICATION = "1.2.840.10008.1.1"
 UNHANDLED = 0xC211  # pynetdicom's status for a handler that raised: the sender may retry
 MAX_COMMAND = 64 * 1024  # bytes of one command set: a few hundred are usual
 MAX_OTHER_PDU = 1024 * 1024  # bytes of a PDU other than P-DATA-TF (release, abort: 10)
-CHUNK = 256 * 1024  # bytes read from the connection at a time into a dataset's file
+# bytes of a dataset gathered from the connection before they are written and hashed: each
+# write and each hash lets go of the GIL, and taking it back can wait for another thread's
+# turn, so fewer, larger ones (64 fragments of 128 KB made the large instances 6% slower)
+CHUNK = 1024 * 1024
 
-# (calling association, file, SOP Class UID) -> (status, error comment)
-Store = Callable[[Any, Path, str], tuple[int, str | None]]
+# (calling association, file, SOP Class UID, (size, SHA-256) of the file) -> (status, error
+# comment)
+Store = Callable[[Any, Path, str, tuple[int, str]], tuple[int, str | None]]
 
 
 class _Closed(Exception):
@@ -70,6 +77,13 @@ class _Request:
     sop_instance: str
     path: Path
     file: IO[bytes]
+    digest: Any  # hashlib's SHA-256 of what was written so far
+    size: int = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+        self.digest.update(data)  # while the bytes are in the cache, without the GIL
+        self.size += len(data)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class StorageLane:
         self._request: _Request | None = None
         self._buffer = bytearray(CHUNK)
         self._view = memoryview(self._buffer)
+        self._filled = 0  # bytes of the buffer holding the arriving dataset's next bytes
 
     # -- the connection's turn ---------------------------------------------------------------
 
@@ -119,6 +134,7 @@ class StorageLane:
         request, self._request = self._request, None
         if request is None:
             return None
+        self._flush(request)
         request.file.close()
         return Partial(request.path, request.sop_instance, request.sop_class)
 
@@ -170,8 +186,11 @@ class StorageLane:
         sop_instance = commands.read_uid(elements, commands.AFFECTED_SOP_INSTANCE)
         path = self.new_file()
         file = open(path, "wb")  # noqa: SIM115 - closed when complete or by take_partial
-        self._request = _Request(context_id, message_id, sop_class, sop_instance, path, file)
-        file.write(file_meta(sop_class, sop_instance, transfer))
+        request = _Request(
+            context_id, message_id, sop_class, sop_instance, path, file, hashlib.sha256()
+        )
+        self._request = request
+        request.write(file_meta(sop_class, sop_instance, transfer))
 
     def _write(self, sock: Any, size: int, context_id: int, control: int, provider: Any) -> None:
         request = self._request
@@ -179,16 +198,23 @@ class StorageLane:
             raise _Invalid("a dataset fragment with no C-STORE request before it")
         if context_id != request.context_id:
             raise _Invalid("a dataset fragment on another presentation context than its request")
-        view, file, timer = self._view, request.file, provider._idle_timer
+        view, timer = self._view, provider._idle_timer
         while size:
-            got = _recv_into(sock, view, min(size, CHUNK))
-            file.write(view[:got])
+            got = _recv_into(sock, view[self._filled :], min(size, CHUNK - self._filled))
+            self._filled += got
+            if self._filled == CHUNK:
+                self._flush(request)
             timer.restart()  # a long PDU arriving is not silence
             size -= got
         if control & commands.LAST:
+            self._flush(request)
             self._request = None
-            file.close()
+            request.file.close()
             self._answer(request, provider)
+
+    def _flush(self, request: _Request) -> None:
+        request.write(self._view[: self._filled])
+        self._filled = 0
 
     def _answer(self, request: _Request, provider: Any) -> None:
         # the association's thread watches the network timeout while this one files: the time
@@ -198,7 +224,8 @@ class StorageLane:
         timer.restart()
         timer.stop()
         try:
-            status, comment = self.store(provider.assoc, request.path, request.sop_class)
+            measured = (request.size, request.digest.hexdigest())
+            status, comment = self.store(provider.assoc, request.path, request.sop_class, measured)
         except Exception:  # noqa: BLE001 - as pynetdicom answers a handler that raised
             log.exception("storing a SOP instance failed")
             status, comment = UNHANDLED, None

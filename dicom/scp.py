@@ -200,9 +200,12 @@ class DicomServer:
         organization = caller_organization(assoc, self.ingest, self._certificate_owner)
         return Origin("dicom", calling, peer, organization)
 
-    def store(self, assoc: Any, path: Path, sop_class: str) -> tuple[int, str | None]:
+    def store(
+        self, assoc: Any, path: Path, sop_class: str, measured: tuple[int, str] | None = None
+    ) -> tuple[int, str | None]:
         """File the instance received into ``path`` on ``assoc``: (DIMSE status, error
-        comment or None)."""
+        comment or None). ``measured``: the file's size and SHA-256, when the lane hashed it
+        as it arrived."""
         origin = self.origin(assoc)
         if origin.organization is None:  # a device retired, or another clinic's certificate
             outcome = self.ingest.refuse(
@@ -212,7 +215,7 @@ class DicomServer:
                 "its client certificate is another organization's",
             )
         else:
-            outcome = self.ingest.file(path, origin, sop_class=sop_class)
+            outcome = self.ingest.file(path, origin, sop_class=sop_class, measured=measured)
         if outcome.ok and outcome.study_uid:
             with self._lock:
                 self._touched.setdefault(id(assoc), set()).add(outcome.study_uid)
