@@ -133,12 +133,15 @@ def of_dataset(ds: Dataset) -> Header:
     )
 
 
-def quick(data: bytes) -> Header | None:
+def quick(data: bytes, *, prefix: bool = False) -> Header | None:
     """The header of the Part 10 file ``data`` read straight from its bytes, the same as
     ``of_dataset`` gives after pydicom read it, when that is plain: a file ``read`` can walk,
-    a character set of one codec, single values, no Other Patient IDs. Else None."""
+    a character set of one codec, single values, no Other Patient IDs. Else None.
+
+    ``prefix``: ``data`` is the start of a larger file; None unless the header ends (at the
+    pixel data) within it."""
     try:
-        _, elements, syntax = _elements(bytes(data))
+        _, elements, syntax = _elements(bytes(data), prefix)
         return _quick(elements, syntax)
     except (_Unusual, struct.error, UnicodeDecodeError, ValueError):
         return None
@@ -190,12 +193,12 @@ def _integer(value: object) -> int | None:
         return None
 
 
-def read(data: bytes) -> Dataset | None:
+def read(data: bytes, *, prefix: bool = False) -> Dataset | None:
     """The wanted elements of the Part 10 file ``data`` as pydicom would read them with
     ``stop_before_pixels`` (its File Meta Information whole), or None when pydicom must read
-    it."""
+    it. ``prefix``: as for ``quick``."""
     try:
-        meta, elements, syntax = _elements(bytes(data))
+        meta, elements, syntax = _elements(bytes(data), prefix)
     except (_Unusual, struct.error, UnicodeDecodeError):
         return None
     implicit = syntax == IMPLICIT_LE
@@ -207,10 +210,10 @@ def read(data: bytes) -> Dataset | None:
 
 
 def _elements(
-    buf: bytes,
+    buf: bytes, prefix: bool
 ) -> tuple[dict[int, RawDataElement], dict[int, RawDataElement], str]:
     """(File Meta Information, the wanted elements, transfer syntax UID) of a plain Part 10
-    file."""
+    file, or of the start of one (``prefix``) that holds all of its header."""
     if len(buf) < 144 or buf[128:132] != b"DICM":
         raise _Unusual
     meta, pos = _file_meta(buf)
@@ -221,7 +224,9 @@ def _elements(
     if syntax == BIG_ENDIAN or syntax in DEFLATED:
         raise _Unusual
     elements: dict[int, RawDataElement] = {}
-    _walk(buf, pos, len(buf), syntax == IMPLICIT_LE, elements, 0)
+    stop = _walk(buf, pos, len(buf), syntax == IMPLICIT_LE, elements, 0)
+    if prefix and stop == len(buf):  # no pixel data yet: more of the header may follow
+        raise _Unusual
     return meta, elements, syntax
 
 

@@ -197,8 +197,7 @@ class DicomIngest:
         head: Header | None = None
         try:
             done = self.readers.read(path) if self.readers is not None else None
-            head, ecg_ds, read_measured = _read(path, done)
-            measured = measured or read_measured
+            head, ecg_ds, measured = _read(path, done, measured)
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):
                 return self._file(path, head, origin, measured, ecg_ds)
@@ -554,26 +553,28 @@ IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed fro
 
 
 def _read(
-    path: Path, done: Read | None = None
+    path: Path, done: Read | None = None, measured: tuple[int, str] | None = None
 ) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
-    """(the header, an ECG's dataset, the object's size and SHA-256 when it was read whole).
+    """(the header, an ECG's dataset, the object's size and SHA-256: ``measured`` when given,
+    else when it was read whole).
 
     ``done``: what a reader process read of it (``dicom.readers``), taken unless it is an ECG.
-    An object of at most ``IN_MEMORY`` bytes is read in one call: its header is read straight
-    from the bytes (``dicom.header.quick``) when it is plain, else parsed by pydicom from
-    memory (the elements filing needs, ``dicom.header.read``, or all of it when unusual). An
-    ECG is read whole by pydicom, its waveform mapped; a larger object from its file."""
+    The first ``IN_MEMORY`` bytes are read in one call: the header is read straight from them
+    (``dicom.header.quick``) when it is plain and ends there, else parsed by pydicom from
+    memory (the elements filing needs, ``dicom.header.read``), or by pydicom from the whole
+    object when unusual. An ECG is read whole by pydicom, its waveform mapped."""
     if done is not None and done[0]["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
-        return done[0], None, done[1]
+        return done[0], None, measured or done[1]
     try:
         with open(path, "rb") as f:
             data = f.read(IN_MEMORY + 1)
         whole = len(data) <= IN_MEMORY
-        measured = (len(data), hashlib.sha256(data).hexdigest()) if whole else None
-        found = header.quick(data) if whole else None
+        if measured is None and whole:
+            measured = (len(data), hashlib.sha256(data).hexdigest())
+        found = header.quick(data, prefix=not whole)
         if found is not None and found["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
             return found, None, measured
-        ds = header.read(data) if whole else None
+        ds = header.read(data, prefix=not whole)
         is_ecg = ds is not None and ecg.is_ecg(ds)
         if ds is None or is_ecg:
             ds = dcmread(BytesIO(data) if whole else path, stop_before_pixels=True)

@@ -21,6 +21,10 @@ turns):
   exactly as before (events, logs, timers);
 - a transfer that breaks off leaves its partial file for the server to quarantine
   (``take_partial``), as pynetdicom's does;
+- an instance whose file cannot be made or written (a full disk) is still read to its end, its
+  bytes dropped and its file removed, and answered 0xA700 (out of resources) with the system's
+  reason: the sender keeps it and sends it again later, and the association goes on (the next
+  instance may fit, and the operator has a log line);
 - anything a storage association may not carry (a command of another service, a dataset with no
   request, an unknown presentation context, a malformed command set) aborts the association
   (pynetdicom's Evt19: an A-ABORT goes to the peer), with a log line naming what was wrong.
@@ -36,6 +40,7 @@ import hashlib
 import logging
 import struct
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +54,7 @@ log = logging.getLogger(__name__)
 
 VERIFICATION = "1.2.840.10008.1.1"
 UNHANDLED = 0xC211  # pynetdicom's status for a handler that raised: the sender may retry
+OUT_OF_RESOURCES = 0xA700  # the file could not be written (a full disk): the sender may retry
 MAX_COMMAND = 64 * 1024  # bytes of one command set: a few hundred are usual
 MAX_OTHER_PDU = 1024 * 1024  # bytes of a PDU other than P-DATA-TF (release, abort: 10)
 # bytes of a dataset gathered from the connection before they are written and hashed: each
@@ -75,15 +81,46 @@ class _Request:
     message_id: int
     sop_class: str
     sop_instance: str
-    path: Path
-    file: IO[bytes]
+    path: Path | None  # None: no file could be made for it (``failure``)
+    file: IO[bytes] | None
     digest: Any  # hashlib's SHA-256 of what was written so far
     size: int = 0
+    failure: OSError | None = None  # why its file could not be written: the rest is dropped
 
     def write(self, data: bytes | memoryview) -> None:
-        self.file.write(data)
+        if self.failure is not None or self.file is None:
+            return
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            self.fail(exc)
+            return
         self.digest.update(data)  # while the bytes are in the cache, without the GIL
         self.size += len(data)
+
+    def fail(self, exc: OSError) -> None:
+        self.failure = exc
+        log.error(
+            "an arriving DICOM instance cannot be written (%s): the rest of it is read and "
+            "dropped, and the sender told to send it again later",
+            exc.strerror or type(exc).__name__,
+        )
+
+    def close(self) -> None:
+        """Close the file: what was buffered is written now, and can fail too."""
+        if self.file is None or self.file.closed:
+            return
+        try:
+            self.file.close()
+        except OSError as exc:
+            if self.failure is None:
+                self.fail(exc)
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            with suppress(OSError):
+                self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -135,7 +172,10 @@ class StorageLane:
         if request is None:
             return None
         self._flush(request)
-        request.file.close()
+        if request.failure is not None or request.path is None:
+            request.discard()  # what could not be written is not worth keeping
+            return None
+        request.close()
         return Partial(request.path, request.sop_instance, request.sop_class)
 
     def _read(self, provider: Any) -> None:
@@ -184,12 +224,15 @@ class StorageLane:
             raise _Invalid("a C-STORE request without a dataset")
         sop_class = commands.read_uid(elements, commands.AFFECTED_SOP_CLASS)
         sop_instance = commands.read_uid(elements, commands.AFFECTED_SOP_INSTANCE)
-        path = self.new_file()
-        file = open(path, "wb")  # noqa: SIM115 - closed when complete or by take_partial
         request = _Request(
-            context_id, message_id, sop_class, sop_instance, path, file, hashlib.sha256()
+            context_id, message_id, sop_class, sop_instance, None, None, hashlib.sha256()
         )
         self._request = request
+        try:  # the file is closed when the instance is complete, or by take_partial
+            request.path = self.new_file()
+            request.file = open(request.path, "wb")  # noqa: SIM115
+        except OSError as exc:
+            request.fail(exc)
         request.write(file_meta(sop_class, sop_instance, transfer))
 
     def _write(self, sock: Any, size: int, context_id: int, control: int, provider: Any) -> None:
@@ -209,7 +252,7 @@ class StorageLane:
         if control & commands.LAST:
             self._flush(request)
             self._request = None
-            request.file.close()
+            request.close()
             self._answer(request, provider)
 
     def _flush(self, request: _Request) -> None:
@@ -217,6 +260,20 @@ class StorageLane:
         self._filled = 0
 
     def _answer(self, request: _Request, provider: Any) -> None:
+        if request.failure is not None or request.path is None:
+            request.discard()
+            why = request.failure.strerror if request.failure else None
+            status: int = OUT_OF_RESOURCES
+            comment: str | None = f"cannot be written now: {why or 'a disk error'}"[:64]
+        else:
+            status, comment = self._file(request, request.path, provider)
+        rsp = commands.c_store_rsp(
+            request.sop_class, request.sop_instance, request.message_id, status, comment
+        )
+        _send(provider, request.context_id, rsp)
+
+    def _file(self, request: _Request, path: Path, provider: Any) -> tuple[int, str | None]:
+        """The server's answer to an instance that arrived whole into ``path``."""
         # the association's thread watches the network timeout while this one files: the time
         # spent filing is ours, not the sender's silence (pynetdicom's own C-STORE handler runs
         # on that thread, which then does not look), so the timer is held still meanwhile
@@ -225,16 +282,12 @@ class StorageLane:
         timer.stop()
         try:
             measured = (request.size, request.digest.hexdigest())
-            status, comment = self.store(provider.assoc, request.path, request.sop_class, measured)
+            return self.store(provider.assoc, path, request.sop_class, measured)
         except Exception:  # noqa: BLE001 - as pynetdicom answers a handler that raised
             log.exception("storing a SOP instance failed")
-            status, comment = UNHANDLED, None
+            return UNHANDLED, None
         finally:
             timer.restart()
-        rsp = commands.c_store_rsp(
-            request.sop_class, request.sop_instance, request.message_id, status, comment
-        )
-        _send(provider, request.context_id, rsp)
 
     def _hand_over(self, provider: Any, pdu_type: int, length: int) -> None:
         """A PDU that is not P-DATA-TF goes to pynetdicom, as its ``_read_pdu_data`` would."""

@@ -312,3 +312,23 @@ def test_what_pydicom_reads_another_way_is_left_to_it(data: bytes) -> None:
     """Cases a review found where the quick reading differed from pydicom's: they are left to
     pydicom, whose reading (or refusal) then decides."""
     assert header.quick(data) is None
+
+
+@pytest.mark.parametrize("reader", [header.quick, header.read], ids=["quick", "read"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_the_start_of_a_larger_file_is_read_only_when_it_holds_the_whole_header(
+    reader, syntax: str
+) -> None:  # type: ignore[no-untyped-def]
+    data = part10(sample(), syntax)
+    at_pixels = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010): the header ends there
+
+    def same(a, b) -> bool:  # type: ignore[no-untyped-def]
+        return a == b if reader is header.quick else values(a) == values(b)
+
+    whole = reader(data)
+    assert whole is not None
+    assert same(reader(data[: at_pixels + 12], prefix=True), whole)
+    # ended at an element's boundary before the pixel data: more of the header may follow
+    assert reader(data[:at_pixels]) is not None  # as a whole file it would read
+    assert reader(data[:at_pixels], prefix=True) is None
+    assert reader(data[: at_pixels - 3], prefix=True) is None  # ended inside an element

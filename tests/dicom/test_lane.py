@@ -205,3 +205,39 @@ def test_filing_slower_than_the_network_timeout_does_not_end_the_association(
         server.stop()
     assert out.count("Received Store Response (Success)") == 2, out
     assert len(_filed(demo)) == 2
+
+
+@pytest.mark.parametrize("pixels", [0, 3 * 1024 * 1024], ids=["small", "several-megabytes"])
+def test_an_instance_whose_file_cannot_be_written_is_answered_out_of_resources(
+    served: tuple[DicomServer, list], demo: Context, tmp_path: Path, pixels: int
+) -> None:
+    """A full disk: the instance is read to its end and answered 0xA700 with the system's
+    reason, its file removed, and the association goes on with the next one."""
+    first, failing, after = copy_with_new_uids(sample("CT_small.dcm"), tmp_path, 3)
+    if pixels:  # the failure comes at the first megabyte, and the rest must still be read
+        ds = pydicom.dcmread(failing)
+        ds.Rows, ds.Columns = 1024, 1536
+        ds.PixelData = bytes(range(256)) * (pixels // 256)
+        ds.save_as(failing, enforce_file_format=True)
+    full = tmp_path / "scratch-on-a-full-disk"
+    full.symlink_to("/dev/full")  # every write to it fails: No space left on device
+    server, through_pynetdicom = served
+    take, taken = server._spares.take, []
+
+    def one_file_on_a_full_disk() -> Path:
+        taken.append(1)
+        return full if len(taken) == 2 else take()
+
+    server._spares.take = one_file_on_a_full_disk  # type: ignore[method-assign]
+    assoc = _raw_association(server.port)
+    try:
+        statuses = [assoc.send_c_store(path) for path in (first, failing, after)]
+    finally:
+        assoc.release()
+    assert through_pynetdicom == [] and len(taken) == 3
+    assert [s.Status for s in statuses] == [0x0000, 0xA700, 0x0000]
+    assert statuses[1].ErrorComment == "cannot be written now: No space left on device"
+    assert not full.is_symlink() and Path("/dev/full").exists()  # the link went, not the device
+    filed = _filed(demo)
+    uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in (first, failing, after)]
+    assert uids[0] in filed and uids[1] not in filed and uids[2] in filed

@@ -167,3 +167,27 @@ def test_one_instance_sent_twice_at_once_with_other_content_keeps_the_stored_obj
     assert stored.exists(), "the stored object's file is gone"
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
     assert not demo.dicom._filing._held  # no lock kept for a UID nobody files any more
+
+
+def test_a_large_object_whose_header_goes_past_its_first_megabyte_is_read_whole(
+    demo: Context, tmp_path: Path
+) -> None:
+    """The header of a large object is read from its first megabyte when it ends there; here
+    a private element of 1.5 MB comes before the patient's name and ID."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.add_new(0x00090010, "LO", "YILIAN TEST")
+    ds.add_new(0x00091001, "OB", b"\x00" * 1_500_000)
+    ds.PatientID, ds.PatientName = "110101199001010011", "Wang^Fang"
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert path.read_bytes().index(b"110101199001010011") > 1024 * 1024
+    outcome = demo.dicom.file(path, Origin("dicom", "XINGFU_CT", "127.0.0.1:1", "XINGFU-THC"))
+    assert outcome.ok, outcome.reason
+    with demo.engine.connect() as conn:
+        [row] = conn.execute(
+            select(schema.dicom_instance).where(
+                schema.dicom_instance.c.sop_uid == ds.SOPInstanceUID
+            )
+        )
+    assert (row.dicom_patient_id, row.patient_name) == ("110101199001010011", "Wang^Fang")
