@@ -2,8 +2,10 @@
 
 Objects are kept exactly as received (the bytes of the dataset with its File Meta Information),
 never decoded and encoded again. ``put`` makes an object durable before it returns (written to a
-temporary file, fsynced, renamed, the folder fsynced): the C-STORE success status may go out only
-after it. Keys are relative paths; an object store (S3 and the like) can take the same keys later.
+temporary file, renamed, fsynced, its folder fsynced, and any folder it made): the C-STORE success
+status may go out only after it. Until it returns, a crash can leave a partial file under the key;
+what says an object is there is its index row, committed after. Keys are relative paths; an object
+store (S3 and the like) can take the same keys later.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class ObjectStore(Protocol):
     def put_file(self, key: str, source: Path) -> None:
-        """Move (or copy) the file ``source`` to ``key``, durably."""
+        """Move (or copy) the file ``source`` to ``key``, durably by the time it returns."""
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
@@ -62,22 +65,24 @@ class FileStore:
         return self._scratch
 
     def put_file(self, key: str, source: Path) -> None:
+        """The file is renamed first and fsynced after, then its folder: on ext4 the file's
+        fsync commits the journal with the new name in it, and the folder's finds nothing left
+        to do (fsynced before the rename, each object cost two journal commits)."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_path(source)
+        _make_folders(target.parent)
         try:
             os.replace(source, target)
-        except OSError:  # another file system: copy, then make the copy durable
+        except OSError:  # another file system: a whole copy under the key, then
             tmp = target.with_name(target.name + ".part")
             shutil.copyfile(source, tmp)
-            _fsync_path(tmp)
             os.replace(tmp, target)
             source.unlink(missing_ok=True)
+        _fsync_path(target)
         _fsync_dir(target.parent)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(target.parent)
         tmp = self._scratch / f"{os.getpid()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -165,6 +170,16 @@ class SpareFiles:
         path = self.folder / f"{self.prefix}{self._new_name()}.dcm"
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         return path
+
+
+def _make_folders(folder: Path) -> None:
+    """``folder`` and any missing parent, each new one durable in its parent."""
+    if folder.is_dir():
+        return
+    _make_folders(folder.parent)
+    with suppress(FileExistsError):  # made by another thread meanwhile: durable here too
+        folder.mkdir()
+    _fsync_dir(folder.parent)
 
 
 def _fsync_path(path: Path) -> None:

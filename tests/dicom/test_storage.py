@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,34 @@ def test_an_object_put_is_read_back_and_the_source_is_gone(tmp_path: Path) -> No
     assert store.exists("studies/1.2/3.4/5.6.dcm")
     with store.open("studies/1.2/3.4/5.6.dcm") as f:
         assert f.read() == b"DICM" * 1000
+
+
+def test_an_object_and_every_folder_made_for_it_are_fsynced_under_their_final_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "objects")
+    fsync, synced = os.fsync, []
+
+    def noting(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting)
+    source = store.scratch() / "incoming.dcm"
+    source.write_bytes(b"DICM" * 1000)
+    store.put_file("studies/1.2/3.4/5.6.dcm", source)
+    root = store.root
+    assert synced == [
+        str(root),  # "studies" is new in it
+        str(root / "studies"),
+        str(root / "studies" / "1.2"),
+        str(root / "studies" / "1.2" / "3.4" / "5.6.dcm"),  # renamed, then fsynced
+        str(root / "studies" / "1.2" / "3.4"),
+    ]
+    synced.clear()
+    (source := store.scratch() / "next.dcm").write_bytes(b"DICM")
+    store.put_file("studies/1.2/3.4/7.8.dcm", source)  # its folders are there already
+    assert synced == [str(root / "studies/1.2/3.4/7.8.dcm"), str(root / "studies/1.2/3.4")]
 
 
 @pytest.mark.parametrize("key", ["../outside.dcm", "studies/../../x", "/etc/passwd", ""])
