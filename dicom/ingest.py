@@ -232,7 +232,10 @@ class DicomIngest:
         # fsyncs (file and folder, half a millisecond) run on another thread while the unit's
         # statements run, and the unit waits for them before it is done.
         placed = not self.store.exists(key)
-        durable = self._placing.submit(self.store.put_file, key, path) if placed else None
+        alone = self._filing.busy() <= 1  # no other filing in flight: one association, say
+        durable = (
+            self._placing.submit(self.store.put_file, key, path, eager=alone) if placed else None
+        )
 
         def row_for(patient_ref: str) -> dict[str, Any]:
             return index.row(
@@ -619,6 +622,10 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    def busy(self) -> int:
+        """How many keys are held or waited for."""
+        return len(self._held)
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:

@@ -169,11 +169,11 @@ def test_a_staged_instance_the_disk_cannot_keep_is_not_indexed_and_is_quarantine
     demo.dicom.file(instance(tmp_path, 2), ORIGIN)
     put_file, failed = demo.dicom.store.put_file, list[str]()
 
-    def fails(key: str, source: Path) -> None:
+    def fails(key: str, source: Path, **how: bool) -> None:
         if not failed:
             failed.append(key)
             raise OSError(5, "Input/output error")
-        put_file(key, source)
+        put_file(key, source, **how)
 
     monkeypatch.setattr(demo.dicom.store, "put_file", fails)
     outcome = demo.dicom.file(instance(tmp_path, 3), ORIGIN)
