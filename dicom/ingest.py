@@ -196,7 +196,9 @@ class DicomIngest:
         ``measured``: the file's size and SHA-256 when the caller has them (the lane)."""
         head: Header | None = None
         try:
-            done = self.readers.read(path) if self.readers is not None else None
+            done = None
+            if self.readers is not None:
+                done = self.readers.read(path, hashed=measured is None)
             head, ecg_ds, measured = _read(path, done, measured)
             _check(head, sop_class)
             with self._filing.hold(str(head["SOPInstanceUID"])):

@@ -35,13 +35,14 @@ from dicom.header import Header
 
 log = logging.getLogger(__name__)
 
-Read = tuple[Header, tuple[int, str]]  # the header, (size, SHA-256)
+Read = tuple[Header, tuple[int, str] | None]  # the header, (size, SHA-256) unless not asked
 WAIT = 5.0  # seconds a thread waits for an idle worker before it reads the object itself
 
 
-def read_whole(path: Path, limit: int) -> Read | None:
-    """The header, size and SHA-256 of the object at ``path`` when it is at most ``limit``
-    bytes and its header plain (``header.quick``); else None."""
+def read_whole(path: Path, limit: int, *, hashed: bool = True) -> Read | None:
+    """The header, size and SHA-256 (``hashed``; else None in its place) of the object at
+    ``path`` when it is at most ``limit`` bytes and its header plain (``header.quick``); else
+    None."""
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
@@ -49,18 +50,18 @@ def read_whole(path: Path, limit: int) -> Read | None:
     found = header.quick(data)
     if found is None:
         return None
-    return found, (len(data), hashlib.sha256(data).hexdigest())
+    return found, (len(data), hashlib.sha256(data).hexdigest()) if hashed else None
 
 
 def _serve(conn: Connection, limit: int) -> None:
     """A worker: answer each path it is sent, until its pipe closes."""
     while True:
         try:
-            path = Path(conn.recv_bytes().decode())
+            request = conn.recv_bytes().decode()  # "h" or "-" (hashed or not), then the path
         except (EOFError, OSError):
             return
         try:
-            answer = read_whole(path, limit)
+            answer = read_whole(Path(request[1:]), limit, hashed=request[0] == "h")
         except Exception:  # noqa: BLE001 - the gateway's process reads it and says why
             answer = None
         conn.send_bytes(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
@@ -97,8 +98,9 @@ class Readers:
             self._workers.append(worker)
         return worker
 
-    def read(self, path: Path) -> Read | None:
-        """What a worker read of the object at ``path`` (None: read it here)."""
+    def read(self, path: Path, *, hashed: bool = True) -> Read | None:
+        """What a worker read of the object at ``path`` (None: read it here); ``hashed``:
+        with its size and SHA-256 (the storage lane has them already)."""
         try:
             if self._closed or path.stat().st_size > self.limit:
                 return None
@@ -109,7 +111,7 @@ class Readers:
         except queue.Empty:  # every worker busy or being replaced that long: read it here
             return None
         try:
-            worker.conn.send_bytes(str(path).encode())
+            worker.conn.send_bytes((("h" if hashed else "-") + str(path)).encode())
             answer: Read | None = pickle.loads(worker.conn.recv_bytes())
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
             log.error("a DICOM reader process ended (%s): starting another", type(exc).__name__)

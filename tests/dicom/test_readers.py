@@ -54,6 +54,7 @@ def test_a_worker_reads_the_header_size_and_digest_the_gateway_would(
     assert ecg_ds is None
     assert done == (head, measured)
     assert done[0]["PatientName"] == "王^小东"
+    assert readers.read(path, hashed=False) == (head, None)  # the lane hashed it already
 
 
 def test_what_a_worker_cannot_read_is_left_to_the_gateways_process(
@@ -132,9 +133,9 @@ def test_instances_stored_with_storescu_are_read_by_the_workers(
     pool, asked = Readers(1, IN_MEMORY), []
     read = pool.read
 
-    def counted(path: Path):  # type: ignore[no-untyped-def]
-        asked.append(path)
-        return read(path)
+    def counted(path: Path, **how: bool):  # type: ignore[no-untyped-def]
+        asked.append(how)
+        return read(path, **how)
 
     pool.read = counted  # type: ignore[method-assign]
     demo.dicom.readers = pool
@@ -145,5 +146,5 @@ def test_instances_stored_with_storescu_are_read_by_the_workers(
     finally:
         demo.dicom.readers = None
         pool.close()
-    assert len(asked) == 3
+    assert asked == [{"hashed": False}] * 3  # the storage lane hashed them as they arrived
     assert sorted(r.instance_number for r in instances(demo)) == [1, 2, 3]
