@@ -21,7 +21,8 @@ from security.principal import Principal, Role
 
 ORIGIN = Origin("dicom", "XINGFU_CT", "127.0.0.1:1", "XINGFU-THC")
 STUDY, SERIES = generate_uid(), generate_uid()
-PER_INSTANCE = {"sop_uid", "instance_number", "storage_key", "digest", "received"}
+# an object's size varies with the length of its fresh SOP Instance UID (padded to even)
+PER_INSTANCE = {"sop_uid", "instance_number", "storage_key", "digest", "size", "received"}
 
 
 def instance(folder: Path, number: int, **values: Any) -> Path:
@@ -101,6 +102,8 @@ def test_an_instance_of_a_known_study_files_staged_exactly_as_one_at_a_time(
     }
     assert row2["instance_number"] == 2 and row2["patient_ref"]
     assert demo.dicom.store.exists(row2["storage_key"])
+    for row in (row2, row3):  # the size either way is the stored object's
+        assert row["size"] == demo.dicom.store.path(row["storage_key"]).stat().st_size
     assert second_audit == third_audit and second_audit[1] == row2["patient_ref"]
 
 
