@@ -19,7 +19,7 @@ from pydicom.tag import Tag
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom import charsets
+from dicom import charsets, checksum
 from dicom.header import Header
 from dicom.storage import ObjectStore
 from records import bulk
@@ -88,6 +88,7 @@ def row(
         "storage_key": storage_key,
         "size": size,
         "digest": digest,
+        "digest_alg": checksum.ALGORITHM,
         "received": dt.datetime.now(dt.UTC),
     }
 
@@ -98,11 +99,13 @@ def insert(conn: Connection, values: dict[str, Any]) -> None:
     bulk.insert_rows(conn, dicom_instance, [values])
 
 
-def digest_of(conn: Connection, sop_uid: str) -> str | None:
-    """The SHA-256 of the instance stored under ``sop_uid`` (None: not stored)."""
-    sql = f"SELECT digest FROM dicom_instance WHERE sop_uid = {bulk.mark(conn)}"
+def digest_of(conn: Connection, sop_uid: str) -> tuple[str, str] | None:
+    """(algorithm, content digest) of the instance stored under ``sop_uid`` (None: not
+    stored); see ``dicom.checksum``."""
+    mark = bulk.mark(conn)
+    sql = f"SELECT digest_alg, digest FROM dicom_instance WHERE sop_uid = {mark}"
     rows = bulk.fetch_all(conn, sql, (sop_uid,))
-    return str(rows[0][0]) if rows else None
+    return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
 def study_rows(conn: Connection, study_uid: str) -> list[Any]:

@@ -11,7 +11,6 @@ one is kept and the newcomer quarantined for the operator to decide.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -28,7 +27,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Connection, select
 
-from dicom import charsets, header, index, known, quarantine
+from dicom import charsets, checksum, header, index, known, quarantine
 from dicom.header import Header
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
@@ -193,7 +192,8 @@ class DicomIngest:
     ) -> Outcome:
         """File the DICOM file at ``path``; it is moved into the store or into quarantine (the
         caller's copy is gone afterwards). ``sop_class``: what the sender said it is (C-STORE);
-        ``measured``: the file's size and SHA-256 when the caller has them (the lane)."""
+        ``measured``: the file's size and content digest (``dicom.checksum``) when the caller
+        has them (the lane)."""
         head: Header | None = None
         try:
             done = None
@@ -218,7 +218,7 @@ class DicomIngest:
         measured: tuple[int, str] | None,
         ecg_ds: Dataset | None,
     ) -> Outcome:
-        """``measured``: the object's size and SHA-256 when the caller has them already;
+        """``measured``: the object's size and content digest when the caller has them already;
         ``ecg_ds``: an ECG's dataset, whose waveform is mapped. The caller holds the SOP
         Instance UID's turn (``_filing``): two filings of one UID at once with different
         content (a device sending again while the first is still being filed) would both place
@@ -227,7 +227,7 @@ class DicomIngest:
         sop_uid, study_uid = str(head["SOPInstanceUID"]), str(head["StudyInstanceUID"])
         series_uid, sop_class = str(head["SeriesInstanceUID"]), str(head["SOPClassUID"])
         key = f"studies/{study_uid}/{series_uid}/{sop_uid}.dcm"
-        size, digest = measured or _measure(path)
+        size, digest = measured or checksum.of_file(path)
         who = _principal(origin)
         # the object is durable before its index row commits (a crash between leaves a file
         # the sender's retry overwrites); one already there is a repeat or a conflict. Its
@@ -260,7 +260,9 @@ class DicomIngest:
             db.lock_keys(conn, [f"dicom-study:{study_uid}"])
             earlier = index.digest_of(conn, sop_uid)
             if earlier is not None:
-                if earlier == digest:
+                if earlier[0] != checksum.ALGORITHM and durable is not None:
+                    durable.result()  # the newcomer is read where it is placed
+                if checksum.matches(earlier, digest, self.store.path(key) if placed else path):
                     return Outcome(
                         REPEAT, sop_uid, study_uid, series_uid=series_uid, sop_class=sop_class
                     )
@@ -560,7 +562,7 @@ IN_MEMORY = 1024 * 1024  # an object up to this size is read once and parsed fro
 def _read(
     path: Path, done: Read | None = None, measured: tuple[int, str] | None = None
 ) -> tuple[Header, Dataset | None, tuple[int, str] | None]:
-    """(the header, an ECG's dataset, the object's size and SHA-256: ``measured`` when given,
+    """(the header, an ECG's dataset, the object's size and content digest: ``measured`` when given,
     else when it was read whole).
 
     ``done``: what a reader process read of it (``dicom.readers``), taken unless it is an ECG.
@@ -575,7 +577,7 @@ def _read(
             data = f.read(IN_MEMORY + 1)
         whole = len(data) <= IN_MEMORY
         if measured is None and whole:
-            measured = (len(data), hashlib.sha256(data).hexdigest())
+            measured = (len(data), checksum.of_bytes(data))
         found = header.quick(data, prefix=not whole)
         if found is not None and found["SOPClassUID"] not in ecg.ECG_SOP_CLASSES:
             return found, None, measured
@@ -735,13 +737,3 @@ def _principal(origin: Origin) -> Principal:
         organization=origin.organization,
         source=origin.peer,
     )
-
-
-def _measure(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1024 * 1024), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()

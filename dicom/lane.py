@@ -12,8 +12,8 @@ turns):
 - a P-DATA-TF PDU's command fragments are gathered and read by hand (``dicom.commands``); a
   C-STORE request opens the instance's file in the store's scratch folder, with the file meta
   information pynetdicom writes, and its dataset fragments are written to it as they arrive,
-  never held in memory whatever the PDU length, and hashed (SHA-256) as they are written, while
-  they are still in the processor's cache: filing never reads the file back to hash it; the
+  never held in memory whatever the PDU length, and hashed (``dicom.checksum``) as they are
+  written, while they are still in the processor's cache: filing never reads the file back; the
   last fragment hands the file, its size and digest to the server's ``store`` (the call
   pynetdicom's C-STORE event makes, less the digest) and the answer goes back with its status
   and error comment; a C-ECHO is answered at once;
@@ -36,7 +36,6 @@ sub-operations) stays wholly with pynetdicom, and so does one whose PDUs someone
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -48,7 +47,7 @@ from typing import IO, Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from dicom import commands
+from dicom import checksum, commands
 from dicom.commands import CommandError
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ MAX_OTHER_PDU = 1024 * 1024  # bytes of a PDU other than P-DATA-TF (release, abo
 # turn, so fewer, larger ones (64 fragments of 128 KB made the large instances 6% slower)
 CHUNK = 1024 * 1024
 
-# (calling association, file, SOP Class UID, (size, SHA-256) of the file) -> (status, error
+# (calling association, file, SOP Class UID, (size, content digest) of the file) -> (status, error
 # comment)
 Store = Callable[[Any, Path, str, tuple[int, str]], tuple[int, str | None]]
 
@@ -84,7 +83,7 @@ class _Request:
     sop_instance: str
     path: Path | None  # None: no file could be made for it (``failure``)
     file: IO[bytes] | None
-    digest: Any  # hashlib's SHA-256 of what was written so far
+    digest: Any  # the content digest (``dicom.checksum``) of what was written so far
     size: int = 0
     failure: OSError | None = None  # why its file could not be written: the rest is dropped
 
@@ -230,7 +229,7 @@ class StorageLane:
         sop_class = commands.read_uid(elements, commands.AFFECTED_SOP_CLASS)
         sop_instance = commands.read_uid(elements, commands.AFFECTED_SOP_INSTANCE)
         request = _Request(
-            context_id, message_id, sop_class, sop_instance, None, None, hashlib.sha256()
+            context_id, message_id, sop_class, sop_instance, None, None, checksum.hasher()
         )
         self._request = request
         try:  # the file is closed when the instance is complete, or by take_partial

@@ -5,10 +5,10 @@ header and hashing its bytes was the largest single share of that (a CT carries 
 elements to walk past). Four associations at once then went no faster than the lock allowed,
 with the second core half idle. ``Readers`` keeps worker processes (one is enough for four
 associations on two cores; each holds about 70 MB) that each take the path of an object that
-has arrived whole, read it, hash it and read its header (``dicom.header.quick``), and answer the
-header with the object's size and SHA-256; the thread filing the object waits for the answer
-without holding the lock, and everything that decides (the checks, the unit, the status) stays
-in the gateway's process.
+has arrived whole, read it, hash it (``dicom.checksum``) and read its header
+(``dicom.header.quick``), and answer the header with the object's size and digest; the thread
+filing the object waits for the answer without holding the lock, and everything that decides
+(the checks, the unit, the status) stays in the gateway's process.
 
 A worker answers None for what it does not read (an unusual header, a file it cannot open),
 and an object over ``ingest.IN_MEMORY`` is not sent to one: the gateway's process reads that
@@ -19,7 +19,6 @@ sender never notices.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import pickle
@@ -30,17 +29,17 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from dicom import header
+from dicom import checksum, header
 from dicom.header import Header
 
 log = logging.getLogger(__name__)
 
-Read = tuple[Header, tuple[int, str] | None]  # the header, (size, SHA-256) unless not asked
+Read = tuple[Header, tuple[int, str] | None]  # the header, (size, digest) unless not asked
 WAIT = 5.0  # seconds a thread waits for an idle worker before it reads the object itself
 
 
 def read_whole(path: Path, limit: int, *, hashed: bool = True) -> Read | None:
-    """The header, size and SHA-256 (``hashed``; else None in its place) of the object at
+    """The header, size and content digest (``hashed``; else None in its place) of the object at
     ``path`` when it is at most ``limit`` bytes and its header plain (``header.quick``); else
     None."""
     with open(path, "rb") as f:
@@ -50,7 +49,7 @@ def read_whole(path: Path, limit: int, *, hashed: bool = True) -> Read | None:
     found = header.quick(data)
     if found is None:
         return None
-    return found, (len(data), hashlib.sha256(data).hexdigest()) if hashed else None
+    return found, (len(data), checksum.of_bytes(data)) if hashed else None
 
 
 def _serve(conn: Connection, limit: int) -> None:
@@ -100,7 +99,7 @@ class Readers:
 
     def read(self, path: Path, *, hashed: bool = True) -> Read | None:
         """What a worker read of the object at ``path`` (None: read it here); ``hashed``:
-        with its size and SHA-256 (the storage lane has them already)."""
+        with its size and digest (the storage lane has them already)."""
         try:
             if self._closed or path.stat().st_size > self.limit:
                 return None

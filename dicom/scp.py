@@ -204,7 +204,7 @@ class DicomServer:
         self, assoc: Any, path: Path, sop_class: str, measured: tuple[int, str] | None = None
     ) -> tuple[int, str | None]:
         """File the instance received into ``path`` on ``assoc``: (DIMSE status, error
-        comment or None). ``measured``: the file's size and SHA-256, when the lane hashed it
+        comment or None). ``measured``: the file's size and content digest, when the lane hashed it
         as it arrived."""
         origin = self.origin(assoc)
         if origin.organization is None:  # a device retired, or another clinic's certificate

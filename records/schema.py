@@ -242,7 +242,8 @@ dicom_instance = Table(
     Column("frames", Integer, nullable=True),
     Column("storage_key", String(255), nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("digest", String(64), nullable=False),  # SHA-256 of the stored bytes
+    Column("digest", String(64), nullable=False),  # of the stored bytes, hex (dicom.checksum)
+    Column("digest_alg", String(16), nullable=False, server_default="sha256"),  # blake3 since 0006
     # the header as DICOM JSON without bulk data, made when first asked for (dicom.index.Headers)
     Column("header", Text, nullable=True),
     Column("received", DateTime(timezone=True), nullable=False),

@@ -27,11 +27,19 @@ PG_ENV = "YILIAN_TEST_DATABASE_URL"
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with suite_database(tmp_path_factory.mktemp("db") / "yilian-test.db", "yilian_test") as url:
+        yield url
+
+
+@contextmanager
+def suite_database(sqlite_file: Path, prefix: str) -> Iterator[str]:
+    """An empty database of the suite's kind: ``sqlite_file``, or a new database on the
+    PostgreSQL server (named from ``prefix``) for as long as the block runs."""
     server = os.environ.get(PG_ENV)
     if not server:
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'yilian-test.db'}"
+        yield f"sqlite:///{sqlite_file}"
         return
-    with postgres_database(server, "yilian_test") as url:
+    with postgres_database(server, prefix) as url:
         yield url
 
 
@@ -48,6 +56,14 @@ def postgres_database(server: str, prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_database(tmp_path: Path) -> Iterator[str]:
+    """An empty database of the suite's kind for one test: a SQLite file under ``tmp_path/var``,
+    or a new database on the PostgreSQL server."""
+    with suite_database(tmp_path / "var" / "yilian.db", "yilian_fresh") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,6 @@ from sqlalchemy import create_engine, text
 
 from gateway.demo import DEMO_PASSWORD, resident_id
 from records.identity import RESIDENT_ID_SYSTEM
-from tests.conftest import PG_ENV, postgres_database
 from tests.fhir_schema import assert_r4
 
 pytestmark = pytest.mark.slow
@@ -35,16 +33,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def fresh_database(tmp_path: Path) -> Iterator[str]:
-    server = os.environ.get(PG_ENV)
-    if not server:
-        yield f"sqlite:///{tmp_path / 'var' / 'yilian.db'}"
-        return
-    with postgres_database(server, "yilian_e2e") as url:
-        yield url
 
 
 @pytest.fixture
