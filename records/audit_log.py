@@ -52,9 +52,33 @@ def append(conn: Connection, who: Principal, event: Event) -> int:
 
 
 def append_many(conn: Connection, events: list[tuple[Principal, Event]]) -> int:
-    """``append`` for several events in order, with one read and one move of the chain's head."""
+    """``append`` for several events in order, with one move of the chain's head.
+
+    The head this connection moved last is remembered with it: the move says which head it
+    expects, and only when another writer moved it since (or the transaction that moved it
+    rolled back) is it read again and the records made anew. The ingest's writer, alone on its
+    connection, saves a statement a batch."""
+    info = conn.connection.info
+    head: tuple[int, str] | None = info.get(_HEAD)
+    if head is not None:
+        seq = _append_at(conn, events, head)
+        if seq is not None:
+            return seq
     lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite's writer is alone
     [(seq, prev)] = bulk.fetch_all(conn, f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}", ())
+    moved = _append_at(conn, events, (int(seq), str(prev)))
+    assert moved is not None, "the head read in this transaction moved under it"
+    return moved
+
+
+_HEAD = "yilian_audit_head"  # key of the DB-API connection's info: (seq, hash) it moved it to
+
+
+def _append_at(
+    conn: Connection, events: list[tuple[Principal, Event]], head: tuple[int, str]
+) -> int | None:
+    """Write ``events`` after ``head``; None (nothing written) when the head is not there."""
+    seq, prev = head
     recorded = fhirdates.now()
     rows = []
     for who, event in events:
@@ -76,11 +100,16 @@ def append_many(conn: Connection, events: list[tuple[Principal, Event]]) -> int:
             digest = chain_hash(prev, entry)
             rows.append(_row(entry, prev, digest))
             prev = digest
-    bulk.insert_rows(conn, audit_record, rows)
     mark = bulk.mark(conn)
-    bulk.execute(
-        conn, f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1", (seq, prev)
+    sql = (
+        f"UPDATE audit_head SET seq = {mark}, hash = {mark} "
+        f"WHERE id = 1 AND seq = {mark} AND hash = {mark}"
     )
+    if bulk.execute(conn, sql, (seq, prev, *head)) != 1:
+        conn.connection.info.pop(_HEAD, None)
+        return None
+    bulk.insert_rows(conn, audit_record, rows)
+    conn.connection.info[_HEAD] = (seq, prev)
     return seq
 
 

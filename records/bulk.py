@@ -109,21 +109,26 @@ def fetch_all(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
     ingest's identifier look-up. It runs in ``conn``'s transaction (begun here when none is,
     as SQLAlchemy's autobegin would), and a driver error is raised as SQLAlchemy raises it
     (``DBAPIError``, parameters hidden, the connection invalidated when it was lost)."""
-    return _run(conn, sql, params, fetch=True)
+    rows, _ = _run(conn, sql, params, fetch=True)
+    return rows
 
 
-def execute(conn: Connection, sql: str, params: tuple[Any, ...]) -> None:
-    """One statement that returns no rows (an UPDATE), as ``fetch_all`` runs its SELECT."""
-    _run(conn, sql, params, fetch=False)
+def execute(conn: Connection, sql: str, params: tuple[Any, ...]) -> int:
+    """One statement that returns no rows (an UPDATE), as ``fetch_all`` runs its SELECT; the
+    number of rows it changed."""
+    return _run(conn, sql, params, fetch=False)[1]
 
 
-def _run(conn: Connection, sql: str, params: tuple[Any, ...], *, fetch: bool) -> list[Any]:
+def _run(
+    conn: Connection, sql: str, params: tuple[Any, ...], *, fetch: bool
+) -> tuple[list[Any], int]:
+    """(the rows, when ``fetch``; the rows the statement changed)."""
     if not conn.in_transaction():
         conn.begin()
     cursor = conn.connection.cursor()
     try:
         cursor.execute(sql, params)
-        return list(cursor.fetchall()) if fetch else []
+        return (list(cursor.fetchall()) if fetch else []), cursor.rowcount
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
         if lost:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,6 +60,7 @@ class GroupCommitter:
         self._started = False
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # held by whichever thread writes a batch
+        self._conn: Connection | None = None  # the writers' connection (``_transaction``)
         self.batches = 0
         self.units = 0
 
@@ -91,6 +93,27 @@ class GroupCommitter:
         if self._started:
             self._queue.put(None)
             self._thread.join(30)
+        with self._writing:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction on the writers' own connection, kept from batch to batch (whoever
+        writes holds ``_writing``): taking one from the pool and giving it back cost more
+        than SQLite's statements, and a connection of its own keeps SQLite's page cache warm.
+        After a failure the next batch starts on a fresh one."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.engine.connect()
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
 
     def _ensure_started(self) -> None:
         if not self._started:
@@ -121,16 +144,16 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[_Job]) -> None:
-        if len(batch) == 1:
-            work, future = batch[0].work, batch[0].future
-            if isinstance(work, Staged):
-                self._commit_staged_alone(work, future)
-            else:
-                self._commit_alone(work, future)
+        staged = [(job.work, job.future) for job in batch if isinstance(job.work, Staged)]
+        if len(staged) == len(batch):
+            self._commit_staged(staged)
+            return
+        if len(batch) == 1 and not isinstance(batch[0].work, Staged):
+            self._commit_alone(batch[0].work, batch[0].future)
             return
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 group: list[Staged[Any]] = []
                 for job in batch:
                     if isinstance(job.work, Staged):
@@ -155,7 +178,7 @@ class GroupCommitter:
         the whole transaction is rolled back instead."""
         failed = False
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 try:
                     result = work(conn)
                 except BaseException:
@@ -170,30 +193,44 @@ class GroupCommitter:
         self.units += 1
         _settle(future, True, result)
 
-    def _commit_staged_alone(self, unit: Staged[Any], future: Future[Any]) -> None:
-        """A batch of one staged unit, without a savepoint: when it is stale (and may not be
-        prepared again), or writing it fails, its fallback runs in a transaction of its own."""
+    def _commit_staged(self, jobs: list[tuple[Staged[Any], Future[Any]]]) -> None:
+        """A batch of staged units only (the usual one), without savepoints: the leading units
+        that hold are written together, the stale one after them is put aside and the rest
+        checked again. After the commit a stale unit raises ``StaleSnapshot`` to its caller
+        (``retry``: it may be prepared again) or runs its fallback in a transaction of its
+        own. When writing fails, every unit goes that one-at-a-time way instead."""
+        written: list[tuple[Staged[Any], Future[Any]]] = []
+        stale: list[tuple[Staged[Any], Future[Any]]] = []
         try:
-            with self.engine.begin() as conn:
-                if staging.holding(conn, [unit]):
-                    staging.write(conn, [unit])
-                    if self.observe is not None:
-                        self.observe(conn, unit.rows.written)
-                    stale = False
-                else:
-                    stale = True
-        except Exception as exc:  # noqa: BLE001 - the unit goes the one-at-a-time way
-            log.warning("writing a staged unit failed (%s): one at a time", type(exc).__name__)
-            self._commit_alone(_fallback(unit), future)
+            with self._transaction() as conn:
+                rest = jobs
+                while rest:
+                    units = [unit for unit, _ in rest]
+                    holds = staging.holding(conn, units)
+                    if holds:
+                        staging.write(conn, units[:holds])
+                        if self.observe is not None:
+                            self.observe(conn, [s for u in units[:holds] for s in u.rows.written])
+                        written += rest[:holds]
+                    stale += rest[holds : holds + 1]
+                    rest = rest[holds + 1 :]
+        except Exception as exc:  # noqa: BLE001 - each unit goes the one-at-a-time way
+            log.warning(
+                "writing %d staged units failed (%s): one at a time", len(jobs), type(exc).__name__
+            )
+            for unit, future in jobs:
+                self._commit_alone(_fallback(unit), future)
             return
-        if not stale:
+        if written:
             self.batches += 1
-            self.units += 1
+            self.units += len(written)
+        for unit, future in written:
             _settle(future, True, unit.result)
-        elif unit.retry:
-            _settle(future, False, staging.StaleSnapshot())
-        else:
-            self._commit_alone(_fallback(unit), future)
+        for unit, future in stale:
+            if unit.retry:
+                _settle(future, False, staging.StaleSnapshot())
+            else:
+                self._commit_alone(_fallback(unit), future)
 
     def _write_group(self, conn: Connection, group: list[Staged[Any]]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []

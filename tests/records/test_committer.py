@@ -97,3 +97,27 @@ def test_a_unit_that_fails_in_its_callers_thread_leaves_nothing_and_the_next_goe
         committer.submit(failing)
     assert committer.submit(insert("next")) == threading.current_thread().name
     assert rows(engine) == ["next"]
+
+
+def test_batches_run_on_the_writers_own_connection_and_a_failure_costs_only_that_one(
+    committer, engine
+) -> None:
+    def connection_of(value: str) -> object:
+        def work(conn: Connection) -> object:
+            conn.exec_driver_sql("INSERT INTO t (v) VALUES (?)", (value,))
+            return conn.connection.dbapi_connection
+
+        return work
+
+    def failing(conn: Connection) -> None:
+        raise ValueError("the unit's own failure")
+
+    first, second = committer.submit(connection_of("a")), committer.submit(connection_of("b"))
+    assert first is second  # kept from batch to batch, not taken from the pool each time
+    with pytest.raises(ValueError):
+        committer.submit(failing)
+    with engine.connect() as conn:  # the failed one went back to the pool, whole
+        assert conn.connection.dbapi_connection is first
+        assert not conn.in_transaction()
+    assert committer.submit(connection_of("c")) is not None
+    assert rows(engine) == ["a", "b", "c"]
