@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, text
 
 from records.committer import GroupCommitter
 from records.db import make_engine
+from records.staging import Staged
 
 
 @pytest.fixture
@@ -32,6 +33,19 @@ def committer(engine: Engine) -> Iterator[GroupCommitter]:
 def rows(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return [r[0] for r in conn.execute(text("SELECT v FROM t ORDER BY v"))]
+
+
+def count_queued(committer: GroupCommitter) -> threading.Semaphore:
+    """Released once for each job put in the committer's queue from now on."""
+    queued = threading.Semaphore(0)
+    put = committer._put
+
+    def counted(job):  # type: ignore[no-untyped-def]
+        put(job)
+        queued.release()
+
+    committer._put = counted  # type: ignore[method-assign]
+    return queued
 
 
 def insert(value: str) -> object:
@@ -59,14 +73,7 @@ def test_units_sent_while_another_is_written_wait_and_are_committed_together(
         assert release.wait(30)
         return threading.current_thread().name
 
-    queued = threading.Semaphore(0)
-    put = committer._queue.put
-
-    def counted(job, *args, **kwargs):  # type: ignore[no-untyped-def]
-        put(job, *args, **kwargs)
-        queued.release()
-
-    committer._queue.put = counted  # type: ignore[method-assign]
+    queued = count_queued(committer)
     first = threading.Thread(target=committer.submit, args=(slow,), name="first-caller")
     first.start()
     assert writing.wait(30)
@@ -121,3 +128,28 @@ def test_batches_run_on_the_writers_own_connection_and_a_failure_costs_only_that
         assert not conn.in_transaction()
     assert committer.submit(connection_of("c")) is not None
     assert rows(engine) == ["a", "b", "c"]
+
+
+def test_staged_units_that_arrive_while_a_staged_batch_is_written_join_it(committer) -> None:
+    """A batch of staged units takes in, before its commit, the staged units that arrived
+    while it was written (``_late``): one commit for the three."""
+    queued = count_queued(committer)
+
+    def others_arrived() -> None:  # the first unit's object made durable, meanwhile
+        assert queued.acquire(timeout=30) and queued.acquire(timeout=30)
+
+    results: dict[str, str] = {}
+
+    def send(name: str, ready: object = None) -> None:
+        unit = Staged(name, fallback=lambda conn: "fallback", ready=ready)
+        results[name] = committer.submit(unit)
+
+    first = threading.Thread(target=send, args=("first", others_arrived))
+    first.start()
+    others = [threading.Thread(target=send, args=(name,)) for name in ("second", "third")]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(30)
+    assert results == {"first": "first", "second": "second", "third": "third"}
+    assert (committer.batches, committer.units) == (1, 3)

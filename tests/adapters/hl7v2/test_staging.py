@@ -93,7 +93,7 @@ def test_staged_messages_waiting_together_are_written_with_one_statement_per_tab
     for sender in senders:
         sender.start()
     deadline = time.monotonic() + 30
-    while committer._queue.qsize() < 4 and time.monotonic() < deadline:
+    while len(committer._jobs) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     gate.set()
     blocked.result(30)
