@@ -39,7 +39,8 @@ def append(conn: Connection, action: str) -> int:
 def chain_is_whole(ctx: Context) -> tuple[int, int]:
     with ctx.engine.connect() as conn:
         count, broken = audit_log.verify(conn)
-        seqs = list(conn.execute(select(schema.audit_record.c.seq)).scalars())
+        seq = schema.audit_record.c.seq
+        seqs = list(conn.execute(select(seq).order_by(seq)).scalars())
     assert broken is None, broken
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no repeat
     return count, seqs[-1]
