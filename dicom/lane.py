@@ -187,7 +187,6 @@ class StorageLane:
         self.new_file = new_file
         self._command = bytearray()
         self._request: _Request | None = None
-        # page-aligned, as writing past the page cache needs (``_Request._direct``)
         # two page-aligned buffers (as writing past the page cache needs): the connection
         # fills one while the other is written (``_flush``)
         self._views = [memoryview(mmap.mmap(-1, CHUNK)) for _ in range(2)]

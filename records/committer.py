@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -42,6 +43,7 @@ T = TypeVar("T")
 # times a batch of staged units takes in those that arrived while it was written (``_late``):
 # four DICOM associations made batches of 1.6 units, 60% of them of one
 LATE_ROUNDS = 2
+HELD_FOR = 1.0  # seconds the writers' connection is kept without a batch (``_transaction``)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # held by whichever thread writes a batch
         self._conn: Connection | None = None  # the writers' connection (``_transaction``)
+        self._used = 0.0  # when it last ended a transaction (time.monotonic)
         self.batches = 0
         self.units = 0
 
@@ -116,8 +119,13 @@ class GroupCommitter:
         """A transaction on the writers' own connection, kept from batch to batch (whoever
         writes holds ``_writing``): taking one from the pool and giving it back cost more
         than SQLite's statements, and a connection of its own keeps SQLite's page cache warm.
-        After a failure the next batch starts on a fresh one."""
+        After a failure, or ``HELD_FOR`` seconds without a batch, the next batch takes one from
+        the pool again (which checks that a PostgreSQL connection is still alive)."""
         conn = self._conn
+        if conn is not None and time.monotonic() - self._used > HELD_FOR:
+            self._conn = None
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._conn = self.engine.connect()
         try:
@@ -127,6 +135,8 @@ class GroupCommitter:
             self._conn = None
             conn.close()
             raise
+        finally:
+            self._used = time.monotonic()
 
     def _ensure_started(self) -> None:
         if not self._started:

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
+from records import committer as committer_module
 from records.committer import GroupCommitter
 from records.db import make_engine
 from records.staging import Staged
@@ -153,3 +154,18 @@ def test_staged_units_that_arrive_while_a_staged_batch_is_written_join_it(commit
         thread.join(30)
     assert results == {"first": "first", "second": "second", "third": "third"}
     assert (committer.batches, committer.units) == (1, 3)
+
+
+@pytest.mark.parametrize("held_for, checkouts", [(60.0, 1), (0.0, 3)], ids=["busy", "idle"])
+def test_the_writers_connection_goes_back_to_the_pool_when_idle(
+    committer, engine, monkeypatch: pytest.MonkeyPatch, held_for: float, checkouts: int
+) -> None:
+    """Kept while batches follow each other; after ``HELD_FOR`` without one, taken from the
+    pool again (whose pre-ping finds a PostgreSQL connection the server dropped meanwhile)."""
+    monkeypatch.setattr(committer_module, "HELD_FOR", held_for)
+    taken: list[object] = []
+    event.listen(engine, "checkout", lambda *args: taken.append(args[0]))
+    for value in ("a", "b", "c"):
+        committer.submit(insert(value))
+    assert len(taken) == checkouts
+    assert rows(engine) == ["a", "b", "c"]
