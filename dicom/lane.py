@@ -44,7 +44,6 @@ import logging
 import mmap
 import os
 import struct
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -69,6 +68,9 @@ MAX_OTHER_PDU = 1024 * 1024  # bytes of a PDU other than P-DATA-TF (release, abo
 # turn, so fewer, larger ones (64 fragments of 128 KB made the large instances 6% slower)
 CHUNK = 1024 * 1024
 O_DIRECT = getattr(os, "O_DIRECT", 0)  # 0: not on this system
+# threads writing chunks of large instances (each lane has one chunk at a time); an executor
+# starts its threads on its first submit, so a gateway receiving no large instance has none
+WRITERS = ThreadPoolExecutor(8, thread_name_prefix="dicom-chunk-writer")
 
 # (calling association, file, SOP Class UID, (size, content digest) of the file) -> (status, error
 # comment)
@@ -316,7 +318,7 @@ class StorageLane:
         if not more:
             request.write(data)
             return
-        self._writing = _writers().submit(request.write, data, more=True)
+        self._writing = WRITERS.submit(request.write, data, more=True)
         self._view = self._views[self._views[0] is self._view]
 
     def _written(self) -> None:
@@ -391,19 +393,6 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     )
     length = element(0x0000, b"UL", struct.pack("<I", len(body)))
     return b"\x00" * 128 + b"DICM" + length + body
-
-
-_WRITERS: ThreadPoolExecutor | None = None
-_WRITERS_LOCK = threading.Lock()
-WRITERS = 8  # threads writing chunks of large instances (each lane has one chunk at a time)
-
-
-def _writers() -> ThreadPoolExecutor:
-    global _WRITERS
-    with _WRITERS_LOCK:
-        if _WRITERS is None:
-            _WRITERS = ThreadPoolExecutor(WRITERS, thread_name_prefix="dicom-chunk-writer")
-        return _WRITERS
 
 
 def _write_all(file: IO[bytes], data: bytes | memoryview, offset: int) -> None:

@@ -17,7 +17,7 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -56,8 +56,8 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._scratch = root / ".incoming"
         self._scratch.mkdir(exist_ok=True)
-        self._folder_syncs: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        # the folders' fsyncs of ``put_file(eager=True)`` (its thread starts on first use)
+        self._folder_syncs = ThreadPoolExecutor(1, thread_name_prefix="folder-sync")
 
     def path(self, key: str) -> Path:
         relative = Path(key)
@@ -85,18 +85,12 @@ class FileStore:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
             source.unlink(missing_ok=True)
-        folder = self._folder_sync(target.parent) if eager else None
+        folder = self._folder_syncs.submit(_fsync_dir, target.parent) if eager else None
         _fsync_path(target)
         if folder is None:
             _fsync_dir(target.parent)
         else:
             folder.result()
-
-    def _folder_sync(self, folder: Path) -> Future[None]:
-        with self._lock:
-            if self._folder_syncs is None:
-                self._folder_syncs = ThreadPoolExecutor(1, thread_name_prefix="folder-sync")
-        return self._folder_syncs.submit(_fsync_dir, folder)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
