@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -29,6 +27,7 @@ from sqlalchemy import Connection, select
 
 from dicom import charsets, checksum, header, index, known, quarantine
 from dicom.header import Header
+from dicom.keylocks import KeyedLocks
 from dicom.mapping import ecg
 from dicom.mapping.imaging_study import UID_SYSTEM, fhir_datetime, imaging_study, study_identifier
 from dicom.readers import Read, Readers
@@ -52,6 +51,7 @@ UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SEX = {"M": "male", "F": "female", "O": "other"}
 RETIRED = ("inactive", "entered-in-error")  # Device.status of a device that may not call
 PLACERS = 4  # threads making objects durable (an fsync holds no interpreter lock)
+FILING_LOCKS = "filing.lock"  # in the store's scratch folder (``keylocks.KeyedLocks``)
 
 # outcomes, mapped by each caller to its own answer (DIMSE status, HTTP status)
 STORED = "stored"
@@ -126,7 +126,10 @@ class DicomIngest:
         committer: GroupCommitter,
         *,
         default_tz: str = "+08:00",
+        shared: bool = False,
     ) -> None:
+        """``shared``: other processes file into the same store (``gateway.dicom_processes``):
+        a SOP Instance UID is filed by one of them at a time (``keylocks``)."""
         self.records = records
         self.store = store
         self.committer = committer
@@ -134,7 +137,7 @@ class DicomIngest:
         self._devices: dict[str, tuple[float, str | None]] = {}  # AE -> (when, Organization id)
         # objects are made durable here while the writer runs their unit (``_file``)
         self._placing = ThreadPoolExecutor(PLACERS, thread_name_prefix="dicom-place")
-        self._filing = KeyedLocks()
+        self._filing = KeyedLocks(store.scratch() / FILING_LOCKS if shared else None)
         self._known = known.Known(records)
         # worker processes reading arriving objects' headers (``yilian serve``), or none
         self.readers: Readers | None = None
@@ -142,6 +145,7 @@ class DicomIngest:
     def close(self) -> None:
         """Stop the placing threads and the readers (after the listeners have stopped)."""
         self._placing.shutdown(wait=True)
+        self._filing.close()
         if self.readers is not None:
             self.readers.close()
 
@@ -618,32 +622,6 @@ def _check(head: Header, sop_class: str | None) -> None:
             f"({sop_class})",
             "mismatch",
         )
-
-
-class KeyedLocks:
-    """A lock per key, kept for as long as someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: dict[str, tuple[threading.Lock, list[int]]] = {}
-
-    def busy(self) -> int:
-        """How many keys are held or waited for."""
-        return len(self._held)
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._lock:
-            lock, users = self._held.setdefault(key, (threading.Lock(), [0]))
-            users[0] += 1
-        try:
-            with lock:
-                yield
-        finally:
-            with self._lock:
-                users[0] -= 1
-                if not users[0]:
-                    del self._held[key]
 
 
 def _text(head: Header | None, keyword: str) -> str | None:

@@ -55,6 +55,7 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 RECEIVING = "receiving-"  # name prefix of an object's file while it arrives
 
 NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
+TURN = 0.002  # seconds a process sharing the listening socket waits per association it serves
 
 
 @dataclass
@@ -78,10 +79,52 @@ class _GatewayAE(AE):  # type: ignore[misc]
     allowed: Callable[[], list[str]] = staticmethod(lambda: [NOT_RECOGNISED])
     # offered to each association once established (``dicom.reactor``): the storage lane
     storage_lane: Callable[[Any], StorageLane | None] | None = None
+    # a listening socket shared with other processes, served instead of one of its own
+    listening: socket.socket | None = None
 
     @property  # type: ignore[override,misc]
     def require_calling_aet(self) -> list[str]:
         return self.allowed() or [NOT_RECOGNISED]
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        if self.listening is not None:
+            kwargs["server_class"] = _SharedServer
+        return super().make_server(*args, **kwargs)
+
+
+class _SharedServer(transport.ThreadedAssociationServer):  # type: ignore[misc]
+    """pynetdicom's server on a listening socket that other processes serve too (``yilian
+    serve`` with ``YILIAN_DICOM_PROCESSES``): each accepts what it can. The socket does not
+    block, so a process that loses the race for a connection goes back to waiting instead of
+    sitting in ``accept`` until the next one; a process already serving associations takes a
+    little longer to reach for a new one (``TURN``), so the connections spread over the
+    processes. Closing it here closes this process's descriptor only: the others go on."""
+
+    def server_bind(self) -> None:
+        shared = self.ae.listening if isinstance(self.ae, _GatewayAE) else None
+        assert self.socket is not None and shared is not None
+        self.socket.close()  # the one TCPServer made
+        self.socket = shared
+        shared.setblocking(False)
+        self.server_address = shared.getsockname()
+
+    def server_activate(self) -> None:
+        """Listening already."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        serving = len(self.ae.active_associations)
+        if serving:
+            time.sleep(min(serving, 8) * TURN)
+        assert self.socket is not None
+        client, address = self.socket.accept()  # BlockingIOError: another process took it
+        client.setblocking(True)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+    def server_close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
 
 
 class DicomServer:
@@ -123,7 +166,7 @@ class DicomServer:
             self._titles = (time.monotonic(), titles)
         return titles
 
-    def build_ae(self) -> AE:
+    def build_ae(self) -> _GatewayAE:
         s = self.settings
         ae = _GatewayAE(ae_title=s.ae_title)
         ae.allowed = self._allowed
@@ -143,7 +186,10 @@ class DicomServer:
             self._configure(ae)
         return ae
 
-    def start(self) -> None:
+    def start(self, listening: socket.socket | None = None, *, sweep: bool = True) -> None:
+        """Serve ``listening`` (a socket other processes serve too) or a socket of its own
+        on the settings' host and port. ``sweep``: remove what a crash left half-received
+        (not while another process may be receiving into the same folder)."""
         reactor.install()
         _copy_contexts_cheaply()
         if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
@@ -151,7 +197,7 @@ class DicomServer:
             # C-STORE request at INFO, a line per instance the outcome's own log covers): only
             # for debugging. Associations accepted, released and aborted are still logged.
             _config.LOG_HANDLER_LEVEL = "none"
-        _receive_into(self.ingest.store.scratch())
+        _receive_into(self.ingest.store.scratch(), sweep=sweep)
         self._refresher.start()
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _nodelay),
@@ -162,7 +208,9 @@ class DicomServer:
             (evt.EVT_CONN_CLOSE, self._on_end),
             *self._extra,
         ]
-        self._server = self.build_ae().start_server(
+        ae = self.build_ae()
+        ae.listening = listening
+        self._server = ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
             evt_handlers=handlers,
@@ -317,21 +365,26 @@ def caller_organization(
     return owner
 
 
-def _receive_into(folder: Path) -> None:
+def _receive_into(folder: Path, *, sweep: bool = True) -> None:
     """Objects being received go to ``folder`` (the store's scratch, on its file system), not
     to the system's temporary folder: on a box whose /tmp is in memory a 1 GB instance would
     sit in RAM, and filing it would be a copy instead of a rename. pynetdicom makes that file
     with ``NamedTemporaryFile`` and takes no folder, so its module's name is pointed at one
-    that has it. Leftovers of a crash mid-receive (never answered) are removed."""
+    that has it. ``sweep``: leftovers of a crash mid-receive (never answered) are removed."""
+    if sweep:
+        _sweep(folder)
+    dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
+        tempfile.NamedTemporaryFile, dir=folder, prefix=RECEIVING
+    )
+
+
+def _sweep(folder: Path) -> None:
     left = [p for p in folder.glob(f"{RECEIVING}*.dcm") if p.is_file()]
     received = [p for p in left if p.stat().st_size]  # the others are spares never used
     for path in left:
         path.unlink(missing_ok=True)
     if received:
         log.info("removed %d objects left half-received by a crash", len(received))
-    dimse_messages.NamedTemporaryFile = partial(  # type: ignore[assignment]
-        tempfile.NamedTemporaryFile, dir=folder, prefix=RECEIVING
-    )
 
 
 def _no_service_actions() -> None:

@@ -70,8 +70,12 @@ class Context:
         records.observe(subscriptions.written)  # rest-hook matches, in the writer's transaction
         key = load_or_create_signing_key(settings.keys_dir)
         tokens = TokenIssuer(key, settings.token_issuer, settings.token_ttl_seconds)
-        # the one writer of ingested data (HL7 and DICOM): one transaction, one fsync, many units
-        committer = GroupCommitter(engine, name="ingest-writer", observe=records.written)
+        # the one writer of ingested data (HL7 and DICOM) of each process: one transaction, one
+        # fsync, many units; with DICOM processes beside the gateway's, one of several
+        shared = settings.dicom_enabled and settings.resolved_dicom_processes > 1
+        committer = GroupCommitter(
+            engine, name="ingest-writer", observe=records.written, shared=shared
+        )
         hl7 = Hl7Ingest(
             records,
             IngestSettings(
@@ -86,6 +90,7 @@ class Context:
             FileStore(settings.data_dir / "dicom"),
             committer,
             default_tz=settings.hl7_default_tz,
+            shared=shared,
         )
         if serving and settings.resolved_dicom_readers:
             dicom.readers = Readers(settings.resolved_dicom_readers, IN_MEMORY)

@@ -28,13 +28,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
-from records import staging
+from records import db, staging
 from records.staging import Staged
 from records.store import Stored
 
@@ -60,7 +60,10 @@ class GroupCommitter:
         max_batch: int = 64,
         name: str = "group-commit",
         observe: Callable[[Connection, Sequence[Stored]], None] | None = None,
+        shared: bool = False,
     ) -> None:
+        """``shared``: other processes' committers write the same database (on a SQLite file
+        they take turns, ``db.WriterTurns``)."""
         self.engine = engine
         self.max_batch = max_batch
         self.observe = observe
@@ -72,6 +75,7 @@ class GroupCommitter:
         self._writing = threading.Lock()  # held by whichever thread writes a batch
         self._conn: Connection | None = None  # the writers' connection (``_transaction``)
         self._used = 0.0  # when it last ended a transaction (time.monotonic)
+        self._turns = db.writer_turns(engine) if shared else None
         self.batches = 0
         self.units = 0
 
@@ -113,6 +117,9 @@ class GroupCommitter:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._turns is not None:
+                self._turns.close()
+                self._turns = None
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -120,7 +127,14 @@ class GroupCommitter:
         writes holds ``_writing``): taking one from the pool and giving it back cost more
         than SQLite's statements, and a connection of its own keeps SQLite's page cache warm.
         After a failure, or ``HELD_FOR`` seconds without a batch, the next batch takes one from
-        the pool again (which checks that a PostgreSQL connection is still alive)."""
+        the pool again (which checks that a PostgreSQL connection is still alive). On a SQLite
+        file the transaction waits for its turn among other processes' writers first."""
+        turn = self._turns.turn() if self._turns is not None else nullcontext()
+        with turn, self._connected() as conn:
+            yield conn
+
+    @contextmanager
+    def _connected(self) -> Iterator[Connection]:
         conn = self._conn
         if conn is not None and time.monotonic() - self._used > HELD_FOR:
             self._conn = None

@@ -75,7 +75,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(database_url: str, data_dir: Path) -> Settings:
     # hl7_workers=0: messages prepared in the test's process (tests of the worker pool set it)
     return Settings(
-        data_dir=data_dir, database_url=database_url, mllp_port=0, dicom_port=0, hl7_workers=0
+        data_dir=data_dir,
+        database_url=database_url,
+        mllp_port=0,
+        dicom_port=0,
+        hl7_workers=0,
+        dicom_processes=1,
     )
 
 

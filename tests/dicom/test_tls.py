@@ -4,6 +4,7 @@ the calling device, or the caller acts for nobody (nothing filed, nothing found)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -18,7 +19,7 @@ from dicom import quarantine
 from dicom.qr import QueryRetrieve
 from dicom.scp import DicomServer, ScpSettings
 from gateway.context import Context
-from gateway.listeners import Listeners
+from gateway.listeners import organization_of_certificate
 from security.tls import server_context
 from tests.dicom.test_scp import copy_with_new_uids, instances, sample
 from tests.tls import TestCA, make_ca
@@ -35,7 +36,7 @@ def ca(tmp_path: Path) -> TestCA:
 
 @pytest.fixture
 def tls_scp(demo: Context, ca: TestCA) -> Iterator[DicomServer]:
-    owner = Listeners(demo)._organization_of_certificate  # the gateway's own mapping
+    owner = partial(organization_of_certificate, demo)  # the gateway's own mapping
     qr = QueryRetrieve(demo.dicom, owner)
     server = DicomServer(
         demo.dicom,

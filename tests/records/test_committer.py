@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from records import committer as committer_module
 from records.committer import GroupCommitter
-from records.db import make_engine
+from records.db import make_engine, writer_turns
 from records.staging import Staged
 
 
@@ -169,3 +171,48 @@ def test_the_writers_connection_goes_back_to_the_pool_when_idle(
         committer.submit(insert(value))
     assert len(taken) == checkouts
     assert rows(engine) == ["a", "b", "c"]
+
+
+def test_a_shared_committer_on_a_sqlite_file_waits_for_another_process_writers_turn(
+    engine,
+) -> None:
+    """Another process's writer holds the turn (a child process holding the lock file): the
+    unit waits for it, though SQLite itself is not locked, and is written once it is given
+    back."""
+    committer = GroupCommitter(engine, name="shared-writer", shared=True)
+    lock = Path(f"{engine.url.database}-writers")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_TURN, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == b"holding\n"
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (committer.submit(insert("a")), done.set()))
+    writer.start()
+    assert not done.wait(0.5), "the unit was written while another process held the turn"
+    assert rows(engine) == []
+    holder.stdin.close()  # the holder gives the turn back and exits
+    assert holder.wait(10) == 0
+    assert done.wait(10)
+    writer.join()
+    assert rows(engine) == ["a"]
+    committer.close()
+
+
+HOLD_TURN = """
+import sys
+from pathlib import Path
+from records.db import WriterTurns
+turns = WriterTurns(Path(sys.argv[1]))
+with turns.turn():
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_writers_turns_are_for_sqlite_files_only(engine) -> None:
+    turns = writer_turns(engine)
+    assert turns is not None and turns.path == Path(f"{engine.url.database}-writers")
+    turns.close()
+    assert writer_turns(make_engine("sqlite:///:memory:")) is None
+    assert writer_turns(create_engine("postgresql+psycopg://u@127.0.0.1:1/x")) is None
