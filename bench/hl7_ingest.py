@@ -472,7 +472,8 @@ class Gateway:
         code = (
             "from gateway.settings import load_settings; s = load_settings(); "
             "print(f'log level {s.log_level}, SQLite synchronous={s.sqlite_synchronous}, '"
-            "f'{s.ingest_threads} ingest threads')"
+            "f'{s.ingest_threads} ingest threads, '"
+            "f'{getattr(s, \"resolved_dicom_processes\", 1)} DICOM processes')"
         )
         done = subprocess.run(
             [sys.executable, "-c", code],

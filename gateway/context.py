@@ -48,9 +48,17 @@ class Context:
     subscriptions: Subscriptions | None = None
 
     @classmethod
-    def build(cls, settings: Settings, *, migrate: bool = True, serving: bool = False) -> Context:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        migrate: bool = True,
+        serving: bool = False,
+        reading: bool | None = None,
+    ) -> Context:
         """``serving``: the gateway itself (``yilian serve``), which starts the HL7 worker
-        processes; a CLI command works in its own process only."""
+        processes; a CLI command works in its own process only. ``reading``: with DICOM
+        reader processes (``dicom_readers``; default: when serving)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = db.make_engine(
             settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
@@ -92,7 +100,7 @@ class Context:
             default_tz=settings.hl7_default_tz,
             shared=shared,
         )
-        if serving and settings.resolved_dicom_readers:
+        if (serving if reading is None else reading) and settings.resolved_dicom_readers:
             dicom.readers = Readers(settings.resolved_dicom_readers, IN_MEMORY)
         workers = settings.resolved_hl7_workers if serving else 0
         if workers:

@@ -123,8 +123,6 @@ def _close(process: subprocess.Popen[bytes]) -> None:
 
 def serve(fd: int) -> None:
     """A DICOM process: serve the listening socket ``fd`` until standard input ends."""
-    from dicom.ingest import IN_MEMORY
-    from dicom.readers import Readers
     from gateway.context import Context
     from gateway.listeners import dicom_server
     from gateway.observability import configure_logging
@@ -140,9 +138,7 @@ def serve(fd: int) -> None:
     threading.Thread(target=watch_input, name="gateway-watch", daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a service manager stops the whole group
         signal.signal(sig, lambda *_: stop.set())
-    ctx = Context.build(settings, migrate=False)
-    if settings.resolved_dicom_readers:
-        ctx.dicom.readers = Readers(settings.resolved_dicom_readers, IN_MEMORY)
+    ctx = Context.build(settings, migrate=False, reading=True)
     server = dicom_server(ctx)
     try:
         server.start(socket.socket(fileno=fd), sweep=False)

@@ -18,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -125,8 +126,11 @@ class Settings(BaseSettings):
         return 1 if (os.cpu_count() or 1) > 1 and self.resolved_dicom_processes == 1 else 0
 
     def _database_in_memory(self) -> bool:
-        url = self.resolved_database_url
-        return url.startswith("sqlite") and ":memory:" in url
+        """A SQLite database in memory (each process would have its own)."""
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() != "sqlite":
+            return False
+        return not url.database or ":memory:" in url.database or "mode=memory" in str(url)
 
     @field_validator("dicom_ae")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,6 @@ from gateway.settings import Settings, load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("YILIAN_"):
             monkeypatch.delenv(key)
@@ -62,3 +61,25 @@ def test_the_example_config_file_loads() -> None:
 def test_a_tls_certificate_without_its_key_is_refused(listener: str, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match=f"{listener}_tls_cert and {listener}_tls_key"):
         Settings(**{f"{listener}_tls_cert": tmp_path / "server.crt"})
+
+
+@pytest.mark.parametrize(
+    ("url", "cpus", "processes", "readers"),
+    [
+        ("sqlite:////srv/yilian.db", 2, 2, 0),  # a process per CPU, the second reads instead
+        ("sqlite:////srv/yilian.db", 8, 4, 0),  # at most four
+        ("sqlite:////srv/yilian.db", 1, 1, 0),
+        ("postgresql+psycopg://yilian@db/yilian", 2, 2, 0),
+        ("sqlite://", 2, 1, 1),  # each process would have a database of its own in memory
+        ("sqlite:///:memory:", 2, 1, 1),
+    ],
+)
+def test_dicom_processes_by_cpus_and_database(
+    monkeypatch: pytest.MonkeyPatch, url: str, cpus: int, processes: int, readers: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    settings = Settings(database_url=url)
+    assert settings.resolved_dicom_processes == processes
+    assert settings.resolved_dicom_readers == readers
+    chosen = Settings(database_url=url, dicom_processes=1, dicom_readers=3)
+    assert (chosen.resolved_dicom_processes, chosen.resolved_dicom_readers) == (1, 3)
