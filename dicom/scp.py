@@ -100,6 +100,11 @@ class _SharedServer(transport.ThreadedAssociationServer):  # type: ignore[misc]
     little longer to reach for a new one (``TURN``), so the connections spread over the
     processes. Closing it here closes this process's descriptor only: the others go on."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._starting = 0  # connections accepted whose association thread has not started yet
+        self._counting = threading.Lock()
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
         shared = self.ae.listening if isinstance(self.ae, _GatewayAE) else None
         assert self.socket is not None and shared is not None
@@ -112,7 +117,7 @@ class _SharedServer(transport.ThreadedAssociationServer):  # type: ignore[misc]
         """Listening already."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        serving = len(self.ae.active_associations)
+        serving = len(self.ae.active_associations) + self._starting
         if serving:
             time.sleep(min(serving, 8) * TURN)
         assert self.socket is not None
@@ -120,7 +125,16 @@ class _SharedServer(transport.ThreadedAssociationServer):  # type: ignore[misc]
         client.setblocking(True)
         if self.ssl_context:
             client = self.ssl_context.wrap_socket(client, server_side=True)
+        with self._counting:
+            self._starting += 1
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:  # the association's own thread runs now (or it could not start)
+            with self._counting:
+                self._starting -= 1
 
     def server_close(self) -> None:
         if self.socket is not None:
