@@ -55,7 +55,11 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 RECEIVING = "receiving-"  # name prefix of an object's file while it arrives
 
 NOT_RECOGNISED = " "  # an AE title no caller can have: the allowed list is never empty
-TURN = 0.002  # seconds a process sharing the listening socket waits per association it serves
+# seconds a process sharing the listening socket waits per association it serves before it
+# accepts: longer than the interpreter's switch interval (5 ms), so that a process whose accepting
+# thread waits for the lock behind an association's set-up still comes first to the next
+# connection (2 ms left three associations of four on one process in some rounds)
+TURN = 0.010
 
 
 @dataclass
