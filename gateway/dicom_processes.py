@@ -31,7 +31,7 @@ from gateway.settings import Settings
 
 log = logging.getLogger("gateway.dicom_processes")  # also when run as __main__
 
-STOP_WAIT = 30.0  # seconds a process has to finish its associations' filings when stopped
+STOP_WAIT = 30.0  # seconds a process has to stop (its server, writer and threads) when asked
 RESTART_AFTER = (1.0, 60.0)  # seconds before starting a process again: first, at most
 
 
@@ -47,11 +47,6 @@ class DicomProcesses:
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="dicom-processes", daemon=True)
 
-    @property
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._processes if p.poll() is None]
-
     def start(self) -> None:
         with self._lock:
             self._processes = [self._spawn() for _ in range(self.count)]
@@ -59,7 +54,8 @@ class DicomProcesses:
         log.info("DICOM served by %d more processes beside this one", self.count)
 
     def stop(self) -> None:
-        """Each process stops taking associations, finishes those it serves, and exits."""
+        """Each process stops taking associations, closes its writer and exits; associations
+        it still serves break off, as the gateway's own do when it stops."""
         self._stopping.set()
         if self._watcher.is_alive():
             self._watcher.join()

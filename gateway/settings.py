@@ -18,7 +18,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
+
+from records.db import sqlite_in_memory
 
 
 class Settings(BaseSettings):
@@ -126,11 +127,7 @@ class Settings(BaseSettings):
         return 1 if (os.cpu_count() or 1) > 1 and self.resolved_dicom_processes == 1 else 0
 
     def _database_in_memory(self) -> bool:
-        """A SQLite database in memory (each process would have its own)."""
-        url = make_url(self.resolved_database_url)
-        if url.get_backend_name() != "sqlite":
-            return False
-        return not url.database or ":memory:" in url.database or "mode=memory" in str(url)
+        return sqlite_in_memory(self.resolved_database_url)
 
     @field_validator("dicom_ae")
     @classmethod

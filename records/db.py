@@ -21,7 +21,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,21 @@ _LIBC = ctypes.PyDLL(None)  # PyDLL: the interpreter's lock is held during the c
 def writer_turns(engine: Engine) -> WriterTurns | None:
     """The writers' turns of a SQLite database file (``WriterTurns``); None for PostgreSQL,
     whose writers wait on each other's row locks, and for a database in memory."""
-    if engine.dialect.name != "sqlite":
+    if sqlite_in_memory(engine.url) or engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    if not database or database.startswith("file:"):  # a URI: no plain path to lock beside
         return None
     return WriterTurns(Path(f"{database}-writers"))
+
+
+def sqlite_in_memory(url: str | URL) -> bool:
+    """A SQLite database in memory: each process (and connection pool) has one of its own."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database
+    return not database or ":memory:" in database or "mode=memory" in str(parsed)
 
 
 def lock_keys(conn: Connection, keys: Iterable[str]) -> None:
